@@ -1,0 +1,1 @@
+"""HTTP routes: thin trio shells over the sans-I/O core and the services."""
