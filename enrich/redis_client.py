@@ -71,11 +71,11 @@ class RedisClient:
         """Open REDIS_POOL_MIN connections now so the first webhooks don't pay for them."""
 
         def warm(_: redis.Redis) -> None:
-            conns = [self.pool.get_connection() for _ in range(self.min_size)]
+            conns = [self.pool.get_connection() for _ in range(self.min_size)]  # type: ignore[no-untyped-call]
             for conn in conns:
                 conn.connect()
             for conn in conns:
-                self.pool.release(conn)
+                self.pool.release(conn)  # type: ignore[no-untyped-call]
 
         if self.min_size:
             await self.run(warm, timeout=self.timeout * 3)

@@ -58,7 +58,7 @@ async def serve_app(
     """Serve until ``shutdown_trigger`` returns (default: SIGTERM or SIGINT)."""
     config = hypercorn_config(settings, host, port)
     await serve(
-        app,  # type: ignore[arg-type]
+        app,
         config,
         shutdown_trigger=shutdown_trigger or wait_for_signal,
         task_status=task_status,

@@ -111,7 +111,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
     """``AsyncConnection`` whose waits run on trio. Use ``TrioConnection.connect_trio``."""
 
     def __init__(self, pgconn: Any, row_factory: Any = None) -> None:
-        super().__init__(pgconn, row_factory or psycopg.rows.tuple_row)
+        super().__init__(pgconn, row_factory or psycopg.rows.tuple_row)  # type: ignore[arg-type]
         # asyncio.Lock would need an asyncio loop as soon as two tasks contend.
         self.lock = trio.Lock()  # type: ignore[assignment]
 
@@ -139,14 +139,16 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 if infos:
                     params["hostaddr"] = infos[0][4][0]
         with trio.fail_after(timeout):
-            conn: TrioConnection[Any] = await drive_conn(cls._connect_gen(make_conninfo(**params)))
+            conn: TrioConnection[Any] = await drive_conn(
+                cls._connect_gen(make_conninfo("", **params))
+            )
         conn._autocommit = autocommit
         conn.prepare_threshold = prepare_threshold
         if row_factory is not None:
             conn.row_factory = row_factory
         return conn
 
-    async def wait(  # type: ignore[override]
+    async def wait(
         self, gen: Any, interval: float = 0.0, timeout: float | None = None
     ) -> Any:
         fileno = self.pgconn.socket

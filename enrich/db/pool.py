@@ -172,7 +172,7 @@ class ConnectionPool:
         keep: list[tuple[TrioConnection[Any], float]] = []
         # Oldest first: _idle is LIFO so the head holds the longest-idle connections.
         for conn, last in self._idle:
-            surplus = self._open - closed > self.min_size
+            surplus = self._open > self.min_size
             if surplus and now - last > self.idle_timeout:
                 await self._discard(conn)
                 closed += 1
