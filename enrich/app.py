@@ -1,52 +1,135 @@
 """The quart-trio application factory.
 
-``create_app`` wires settings and services into a QuartTrio app. Pools open and
-migrations run in ``before_serving``; background work (job runner, outbox, supervisor)
-starts in ``app.nursery`` once serving has begun; ``after_serving`` drains it within
-SHUTDOWN_GRACE_SECONDS and closes the pools, so hypercorn's graceful shutdown holds.
+``create_app`` wires settings, services and the pipeline into a QuartTrio app:
+
+* ``before_serving`` opens the pools (and migrates), then starts the background work in
+  ``app.nursery``, which exists only once serving has begun: the job runner and the
+  outbox (roles ``all`` and ``worker``);
+* ``after_serving`` runs after hypercorn stopped accepting and in-flight requests ended
+  (within its graceful timeout): it drains running jobs within SHUTDOWN_GRACE_SECONDS,
+  cancels the rest (they are handed back to the database), and closes the pools.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
+import httpx
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from enrich import invalidation
 from enrich.config import Settings
+from enrich.extraction import Extractor
+from enrich.ingest import Ingest
+from enrich.metrics import Metrics
+from enrich.pipeline.outbox import Outbox
+from enrich.pipeline.process import MediaHandler, Processor
+from enrich.pipeline.runner import JobRunner
 from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
-from enrich.web import health
+from enrich.twilio_rest import TwilioSender
+from enrich.web import health, webhook
 
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "web", "worker")
 
 
-def create_app(settings: Settings, *, role: str = "all", run_migrations: bool = True) -> QuartTrio:
+def sending_enabled(settings: Settings) -> bool:
+    """Real credentials and a sender number; in local mode only towards a local fake."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token
+            and settings.twilio_phone_number):
+        return False
+    if settings.local_mode:
+        host = httpx.URL(settings.twilio_api_base_url).host
+        return host in {"127.0.0.1", "localhost", "::1"}
+    return True
+
+
+def create_app(
+    settings: Settings,
+    *,
+    role: str = "all",
+    run_migrations: bool = True,
+    extractor: Extractor | None = None,
+    media: MediaHandler | None = None,
+    processor: Processor | None = None,
+) -> QuartTrio:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     app = QuartTrio("enrich")
     # A Twilio form is a few KB: anything much larger is not Twilio.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     app.config["BODY_TIMEOUT"] = settings.read_timeout_seconds
     app.config["RESPONSE_TIMEOUT"] = 60
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    state = AppState(settings=settings, role=role, services=Services.create(settings))
+
+    services = Services.create(settings)
+    metrics = Metrics()
+    ingest = Ingest(settings, services.db, services.redis)
+    state = AppState(settings=settings, role=role, services=services, ingest=ingest,
+                     metrics=metrics)
     app.extensions[EXTENSION_KEY] = state
 
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.twilio_timeout_ms / 1000),
+        limits=httpx.Limits(max_connections=settings.twilio_pool_max,
+                            max_keepalive_connections=settings.twilio_pool_max),
+        follow_redirects=False,
+    )
+    if role in ("all", "worker"):
+        sender = None
+        if sending_enabled(settings):
+            assert settings.twilio_account_sid and settings.twilio_auth_token
+            assert settings.twilio_phone_number
+            sender = TwilioSender(
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token,
+                from_number=settings.twilio_phone_number,
+                api_base_url=settings.twilio_api_base_url,
+                http=http,
+                max_concurrency=settings.twilio_pool_max,
+                timeout=settings.twilio_timeout_ms / 1000,
+            )
+        state.outbox = Outbox(services.db, sender, metrics, owner=settings.effective_instance_id)
+        state.runner = JobRunner(
+            settings, services.db, processor or Processor(extractor, media), metrics,
+            on_done=state.outbox.wake,
+        )
+        ingest.on_accepted = state.runner.notify if role == "all" else None
+
     app.register_blueprint(health.bp)
+    if role in ("all", "web"):
+        app.register_blueprint(webhook.bp)
 
     @app.before_serving
     async def startup() -> None:
-        await state.services.open(run_migrations=run_migrations)
-        log.info("services open", extra={"role": role})
+        await services.open(run_migrations=run_migrations)
+        if role in ("all", "web"):
+            assert settings.redis_url is not None
+            await app.nursery.start(
+                partial(invalidation.listen, settings.redis_url, ingest.invalidate,
+                        ingest.clear_caches)
+            )
+        if state.runner is not None:
+            await app.nursery.start(state.runner.run)
+        if state.outbox is not None:
+            await app.nursery.start(state.outbox.run)
+        log.info("serving", extra={"role": role})
 
     @app.after_serving
     async def shutdown() -> None:
-        await state.services.close()
+        if state.runner is not None:
+            await state.runner.drain(settings.shutdown_grace_seconds)
+        if state.outbox is not None:
+            state.outbox.stop()
+        await http.aclose()
+        await services.close()
         log.info("services closed")
 
     @app.errorhandler(HTTPException)
@@ -61,6 +144,7 @@ def create_app(settings: Settings, *, role: str = "all", run_migrations: bool = 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Any:
         log.exception("unhandled error", extra={"error": type(exc).__name__})
+        metrics.errors += 1
         response: Response = jsonify(
             {"success": False, "error": "Service Unavailable", "reason": "temporary failure"}
         )

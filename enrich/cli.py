@@ -51,10 +51,10 @@ def _banner(settings: Settings, host: str, port: int, role: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from enrich.app import create_app
-    from enrich.local import ensure_local_token, start_embedded
+    from enrich.local import apply_local_defaults, ensure_local_token, start_embedded
     from enrich.server import serve_app
 
-    settings = _settings()
+    settings = apply_local_defaults(_settings())
     _configure_logging(settings)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print every environment variable with its default")
     cfg.set_defaults(func=cmd_config)
 
+    from enrich.cli_tools import add_commands
+
+    add_commands(sub)
     return parser
 
 

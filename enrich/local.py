@@ -6,6 +6,7 @@ import dataclasses
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from enrich.embedded import EmbeddedPostgres, EmbeddedRedis
 
 #: Local mode signs and fetches with a fixed, recognisable account SID.
 LOCAL_ACCOUNT_SID = "AC" + "10ca1" + "0" * 27
-TOKEN_FILE = "twilio_auth_token"
+TOKEN_FILE = "twilio_auth_token"  # noqa: S105 - a file name, not a secret
+#: Where local mode expects the fake Twilio that `enrich send` runs (media + Messages API).
+LOCAL_MEDIA_PORT = 3001
+#: Twilio's documented magic "from" number for test credentials.
+LOCAL_PHONE_NUMBER = "+15005550006"
 
 
 @dataclass
@@ -43,6 +48,22 @@ def start_embedded(settings: Settings) -> tuple[Settings, Embedded]:
         embedded.redis = EmbeddedRedis(settings.data_dir)
         changes["redis_url"] = embedded.redis.start().url
     return dataclasses.replace(settings, **changes), embedded  # type: ignore[arg-type]
+
+
+def apply_local_defaults(settings: Settings, env: Mapping[str, str] | None = None) -> Settings:
+    """In local mode, unless set explicitly: Twilio is the local fake of `enrich send`,
+    with a fixed account SID and sender number, so the whole loop runs on one machine."""
+    if not settings.local_mode:
+        return settings
+    source = os.environ if env is None else env
+    changes: dict[str, object] = {}
+    if "TWILIO_API_BASE_URL" not in source:
+        changes["twilio_api_base_url"] = f"http://127.0.0.1:{LOCAL_MEDIA_PORT}"
+    if settings.twilio_account_sid is None:
+        changes["twilio_account_sid"] = LOCAL_ACCOUNT_SID
+    if settings.twilio_phone_number is None:
+        changes["twilio_phone_number"] = LOCAL_PHONE_NUMBER
+    return dataclasses.replace(settings, **changes) if changes else settings  # type: ignore[arg-type]
 
 
 def token_path(data_dir: Path) -> Path:

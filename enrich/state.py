@@ -8,6 +8,10 @@ from typing import Any
 from quart import Quart
 
 from enrich.config import Settings
+from enrich.ingest import Ingest
+from enrich.metrics import Metrics
+from enrich.pipeline.outbox import Outbox
+from enrich.pipeline.runner import JobRunner
 from enrich.services import Services
 
 EXTENSION_KEY = "enrich"
@@ -34,6 +38,10 @@ class AppState:
     settings: Settings
     role: str
     services: Services
+    ingest: Ingest
+    metrics: Metrics
+    runner: JobRunner | None = None
+    outbox: Outbox | None = None
     tasks: dict[str, TaskHealth] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -44,5 +52,5 @@ class AppState:
 def get_state(app: Quart) -> AppState:
     state = app.extensions.get(EXTENSION_KEY)
     if not isinstance(state, AppState):
-        raise RuntimeError("the enrich app state is not initialised")
+        raise TypeError("the enrich app state is not initialised")
     return state

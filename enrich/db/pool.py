@@ -39,7 +39,7 @@ class PoolStats:
 
     total: int
     available: int
-    inUse: int  # noqa: N815 - the JSON vocabulary of the replaced product
+    inUse: int
     waiting: int
     idle: int
     min: int

@@ -36,7 +36,8 @@ async def check_dependencies(deadline: float = READY_DEADLINE_S) -> dict[str, di
         except Exception as exc:
             results[name] = {"ok": False, "error": type(exc).__name__}
         else:
-            results[name] = {"ok": True, "latencyMs": round((time.perf_counter() - start) * 1000, 2)}
+            took_ms = round((time.perf_counter() - start) * 1000, 2)
+            results[name] = {"ok": True, "latencyMs": took_ms}
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(probe, "database", state.services.db.ping)

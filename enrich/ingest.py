@@ -1,0 +1,199 @@
+"""What the webhook decides, free of HTTP: verify, parse, dedupe, look up, limit, store.
+
+Order (DESIGN.md §8.5): verify -> parse -> dedupe by MessageSid -> owner lookup -> rate
+limit -> store. A repeated delivery is answered as the first was and never counts against
+the limit. Nothing slow runs here: two or three PostgreSQL statements (prepared), one
+Redis script, and in-process caches; processing happens later in the job runner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from enrich.caching import AsyncTTLCache
+from enrich.config import Settings
+from enrich.core.inbound import InboundMessage, InboundParseError, parse_inbound
+from enrich.core.phone import InvalidPhoneNumber, mask_phone, normalize_e164
+from enrich.core.signature import verify_signature
+from enrich.core.twiml import render_message
+from enrich.db.pool import ConnectionPool
+from enrich.ratelimit import RateLimiter, retry_phrase
+from enrich.redis_client import RedisClient, RedisUnavailable
+from enrich.store import Owner, insert_message, lookup_owner, message_status
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+    UNKNOWN_SENDER = "unknown_sender"
+    UNVERIFIED = "unverified"
+    FORBIDDEN = "forbidden"
+    BAD_REQUEST = "bad_request"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The HTTP answer to one webhook delivery."""
+
+    outcome: Outcome
+    status: int
+    twiml: str | None  # TwiML body for 200s
+    reason: str | None = None  # for 4xx
+    message_id: int | None = None
+    message_sid: str | None = None
+
+
+UNKNOWN_TEXT = (
+    "This number isn't linked to an enrich account yet. Add it in the app to start "
+    "saving notes by text."
+)
+UNVERIFIED_TEXT = (
+    "Your number isn't verified yet. Enter the code we texted you in the app, then try again."
+)
+
+
+def limit_text(limit: int, retry_after_s: float | None) -> str:
+    when = f" You can send again {retry_phrase(retry_after_s)}." if retry_after_s else ""
+    return (
+        f"You've reached the limit of {limit} messages per hour, so this one wasn't saved."
+        + when
+    )
+
+
+class Ingest:
+    def __init__(
+        self,
+        settings: Settings,
+        db: ConnectionPool,
+        redis: RedisClient,
+        *,
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.on_accepted = on_accepted
+        self.phone_cache: AsyncTTLCache[str, Owner | None] = AsyncTTLCache(
+            "phoneNumber", maxsize=1000, ttl=settings.cache_phone_lookup_ttl / 1000
+        )
+        self.verification_cache: AsyncTTLCache[str, bool] = AsyncTTLCache(
+            "verification", maxsize=500, ttl=settings.cache_verification_ttl / 1000
+        )
+        self.limiter = RateLimiter(redis, settings.rate_limit_messages_per_hour)
+        # Fallback for the unknown-sender reply throttle when Redis is down.
+        self._replied_locally: AsyncTTLCache[str, bool] = AsyncTTLCache(
+            "unknownReply", maxsize=10_000, ttl=float(settings.unknown_sender_reply_interval)
+        )
+
+    # --- the decision -------------------------------------------------------------------
+
+    async def handle(
+        self, url: str, params: Sequence[tuple[str, str]], signature: str | None
+    ) -> Answer:
+        token = self.settings.twilio_auth_token or ""
+        if not verify_signature(token, url, params, signature):
+            reason = "missing X-Twilio-Signature" if not signature else "invalid signature"
+            return Answer(Outcome.FORBIDDEN, 403, None, reason=reason)
+        try:
+            msg = parse_inbound(params)
+            sender = normalize_e164(msg.from_number)
+        except InboundParseError as exc:
+            return Answer(Outcome.BAD_REQUEST, 400, None, reason=exc.reason)
+        except InvalidPhoneNumber:
+            return Answer(Outcome.BAD_REQUEST, 400, None, reason="From is not a phone number")
+
+        previous = await message_status(self.db, msg.message_sid)
+        if previous is not None:
+            return self._replay(msg, previous)
+
+        owner = await self.owner(sender)
+        if owner is None:
+            return await self._stranger(msg, sender, Outcome.UNKNOWN_SENDER, UNKNOWN_TEXT)
+        if not await self.verified(sender, owner):
+            return await self._stranger(msg, sender, Outcome.UNVERIFIED, UNVERIFIED_TEXT)
+
+        decision = await self.limiter.check(sender, msg.message_sid)
+        if not decision.allowed:
+            # Recorded (counted, never processed), so a redelivery replays this answer.
+            await insert_message(
+                self.db, msg, from_e164=sender, user_id=owner.user_id, status="rejected",
+                last_error="rate_limited",
+            )
+            log.info(
+                "rate limited",
+                extra={"message_sid": msg.message_sid, "from": mask_phone(sender),
+                       "limit_source": decision.source},
+            )
+            text = limit_text(decision.limit, decision.retry_after_s)
+            return Answer(Outcome.RATE_LIMITED, 200, render_message(text),
+                          message_sid=msg.message_sid)
+
+        message_id = await insert_message(self.db, msg, from_e164=sender, user_id=owner.user_id)
+        if message_id is None:  # a concurrent delivery of the same SID won the insert
+            return Answer(Outcome.DUPLICATE, 200, self._ack(), message_sid=msg.message_sid)
+        if self.on_accepted is not None:
+            self.on_accepted(message_id)
+        return Answer(Outcome.ACCEPTED, 200, self._ack(), message_id=message_id,
+                      message_sid=msg.message_sid)
+
+    def _ack(self) -> str:
+        return render_message(self.settings.ack_message or None)
+
+    def _replay(self, msg: InboundMessage, status: str) -> Answer:
+        if status == "rejected":
+            text = limit_text(self.settings.rate_limit_messages_per_hour, None)
+            return Answer(Outcome.DUPLICATE, 200, render_message(text),
+                          message_sid=msg.message_sid)
+        return Answer(Outcome.DUPLICATE, 200, self._ack(), message_sid=msg.message_sid)
+
+    async def _stranger(
+        self, msg: InboundMessage, sender: str, outcome: Outcome, text: str
+    ) -> Answer:
+        """Answer unknown/unverified senders, at most once per interval each."""
+        reply = await self._first_reply_in_interval(sender)
+        log.info(outcome.value, extra={"message_sid": msg.message_sid, "from": mask_phone(sender)})
+        return Answer(outcome, 200, render_message(text if reply else None),
+                      message_sid=msg.message_sid)
+
+    async def _first_reply_in_interval(self, sender: str) -> bool:
+        interval = self.settings.unknown_sender_reply_interval
+        if interval <= 0:
+            return True
+        key = f"enrich:unknown-reply:{sender}"
+        try:
+            return bool(
+                await self.redis.run(lambda c: c.set(key, b"1", nx=True, ex=interval))
+            )
+        except RedisUnavailable:
+            if self._replied_locally.peek(sender):
+                return False
+            self._replied_locally.set(sender, True)
+            return True
+
+    # --- cached lookups -----------------------------------------------------------------
+
+    async def owner(self, phone: str) -> Owner | None:
+        return await self.phone_cache.get_or_load(phone, lambda: lookup_owner(self.db, phone))
+
+    async def verified(self, phone: str, owner: Owner) -> bool:
+        async def load() -> bool:
+            return owner.verified
+
+        return await self.verification_cache.get_or_load(phone, load)
+
+    def invalidate(self, phone: str) -> None:
+        self.phone_cache.invalidate(phone)
+        self.verification_cache.invalidate(phone)
+        self.limiter.forget(phone)
+
+    def clear_caches(self) -> None:
+        self.phone_cache.clear()
+        self.verification_cache.clear()
+        self.limiter.status_cache.clear()
+

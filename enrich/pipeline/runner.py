@@ -1,0 +1,289 @@
+"""The job runner: durable messages in PostgreSQL, bounded concurrency in trio.
+
+Shape:
+
+* ``notify(id)`` (called by the webhook right after the INSERT) drops a hint into a
+  bounded memory channel. It never blocks: if the channel is full the hint is dropped,
+  and the poller finds the row anyway, because the row is the truth, not the hint;
+* the **poller** runs every RECOVERY_INTERVAL_SECONDS and feeds the channel with every
+  due row: new messages from other processes (``--role web``), retries whose backoff has
+  passed, and messages whose lease expired because a worker crashed. That is the
+  recovery loop;
+* the **dispatcher** takes one hint at a time, waits for a slot of the
+  PROCESSING_CONCURRENCY limiter (backpressure), and claims the row with a lease
+  (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim starts a job;
+* a **job** processes the message while a heartbeat extends its lease, then writes
+  items + done + confirmation in one transaction guarded by the lease. Recoverable
+  failures go back with exponential backoff; after JOB_MAX_ATTEMPTS, or at once for
+  permanent failures, the message is failed with its reason and the sender told.
+
+Shutdown (``drain``): stop taking hints, give running jobs the grace period, then cancel
+the rest; a cancelled job hands its message back at once, so the next start (or another
+process) picks it up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import trio
+
+from enrich.config import Settings
+from enrich.core.phone import mask_phone
+from enrich.db.pool import ConnectionPool
+from enrich.metrics import Metrics
+from enrich.pipeline.errors import ProcessingError
+from enrich.pipeline.process import Processor
+from enrich.store import (
+    Job,
+    LeaseLost,
+    claim_message,
+    complete_message,
+    due_message_ids,
+    extend_lease,
+    fail_message,
+    release_message,
+    retry_message,
+)
+
+log = logging.getLogger(__name__)
+
+FAILURE_TEXT = (
+    "Sorry, we couldn't process your message. Please try sending it again later."
+)
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float = 600.0) -> float:
+    """Exponential backoff: base, 2*base, 4*base, ... capped (attempt counts from 1)."""
+    return float(min(cap_s, base_s * math.pow(2, max(attempt - 1, 0))))
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        db: ConnectionPool,
+        processor: Processor,
+        metrics: Metrics,
+        *,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.processor = processor
+        self.metrics = metrics
+        self.on_done = on_done
+        self.owner = settings.effective_instance_id
+        self.lease_s = float(settings.job_lease_seconds)
+        self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
+        self._send, self._recv = trio.open_memory_channel[int](settings.job_queue_size)
+        self._queued: set[int] = set()  # ids hinted and not yet finished here
+        self._jobs_scope: trio.CancelScope | None = None
+        self._accepting = True
+        self._poke = trio.Event()
+        self.in_flight = 0
+        self._idle = trio.Event()
+
+    # --- feeding --------------------------------------------------------------------
+
+    def notify(self, message_id: int) -> None:
+        """A new message was stored: try to start it now (never blocks the webhook)."""
+        if not self._accepting or message_id in self._queued:
+            return
+        try:
+            self._send.send_nowait(message_id)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return  # the poller will find the row
+        self._queued.add(message_id)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    def poke(self) -> None:
+        """Run the poller now (tests, and after a retry is scheduled)."""
+        self._poke.set()
+
+    # --- running --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as jobs_scope:
+                self._jobs_scope = jobs_scope
+                nursery.start_soon(self._poll_loop)
+                task_status.started()
+                async with trio.open_nursery() as jobs:
+                    await self._dispatch(jobs)
+            nursery.cancel_scope.cancel()
+
+    async def _poll_loop(self) -> None:
+        while self._accepting:
+            try:
+                await self._poll_once()
+            except Exception as exc:  # the database may be briefly away: try again later
+                log.warning("job poll failed", extra={"error": type(exc).__name__})
+            with trio.move_on_after(self.settings.recovery_interval_seconds):
+                await self._poke.wait()
+            self._poke = trio.Event()
+
+    async def _poll_once(self) -> None:
+        room = self.settings.job_queue_size - self.queue_depth
+        if room <= 0:
+            return
+        for message_id in await due_message_ids(self.db, room):
+            if message_id in self._queued or not self._accepting:
+                continue
+            self._queued.add(message_id)
+            await self._send.send(message_id)
+
+    async def _dispatch(self, jobs: trio.Nursery) -> None:
+        async with self._recv:
+            async for message_id in self._recv:
+                if not self._accepting:
+                    break
+                token = object()
+                await self.limiter.acquire_on_behalf_of(token)
+                try:
+                    job = await claim_message(self.db, message_id, self.owner, self.lease_s)
+                except Exception as exc:
+                    log.warning("claim failed", extra={"error": type(exc).__name__})
+                    job = None
+                if job is None:
+                    self.limiter.release_on_behalf_of(token)
+                    self._queued.discard(message_id)
+                    continue
+                jobs.start_soon(self._run_job, job, token)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming; let running jobs finish within ``grace_s``; cancel the rest."""
+        self._accepting = False
+        self._send.close()
+        self._poke.set()
+        with trio.move_on_after(grace_s):
+            while self.in_flight:
+                self._idle = trio.Event()
+                await self._idle.wait()
+        if self._jobs_scope is not None:
+            self._jobs_scope.cancel()
+
+    # --- one job ----------------------------------------------------------------------
+
+    async def _run_job(self, job: Job, token: object) -> None:
+        self.in_flight += 1
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            outcome = await self._attempt(job)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+            self.limiter.release_on_behalf_of(token)
+            self._queued.discard(job.id)
+            latency = None
+            if outcome == "done":
+                latency = (datetime.now(UTC) - job.received_at).total_seconds()
+            self.metrics.job_finished(outcome, latency)
+            log.info(
+                "job finished",
+                extra={
+                    "message_sid": job.message_sid,
+                    "job": job.id,
+                    "attempt": job.attempts,
+                    "outcome": outcome,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            if self.on_done is not None:
+                self.on_done()
+
+    async def _attempt(self, job: Job) -> str:
+        max_attempts = self.settings.job_max_attempts
+        if job.attempts > max_attempts:
+            # Claimed more often than allowed: earlier attempts died mid-way (crashes).
+            await fail_message(
+                self.db, job, self.owner, f"gave up after {job.attempts - 1} attempts",
+                ("failure", FAILURE_TEXT),
+            )
+            return "failed"
+        settled = False  # set once the message's state in the database is decided
+        try:
+            lost: list[bool] = []
+            error: Exception | None = None
+            result = None
+            with trio.CancelScope() as work_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat, job, work_scope, lost)
+                    try:
+                        result = await self.processor.process(job)
+                    except Exception as exc:
+                        # Captured here, not raised through the nursery, so it is not
+                        # wrapped in an exception group.
+                        error = exc
+                    nursery.cancel_scope.cancel()
+            if lost:
+                settled = True
+                log.warning("lease lost; another worker owns the message",
+                            extra={"message_sid": job.message_sid})
+                return "lease_lost"
+            if error is not None or result is None:
+                outcome = await self._failed(job, error or RuntimeError("no result"))
+                settled = True
+                return outcome
+            try:
+                await complete_message(
+                    self.db, job, self.owner, result.items, source=result.source,
+                    notification=("confirmation", result.reply),
+                )
+            except LeaseLost:
+                settled = True
+                log.warning("lease lost before storing; nothing written",
+                            extra={"message_sid": job.message_sid})
+                return "lease_lost"
+            settled = True
+            return "done"
+        finally:
+            if not settled:
+                # Cancelled (shutdown) or crashed mid-way: hand the message back now so the
+                # next start, or another process, picks it up without waiting for the lease.
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    try:
+                        await release_message(self.db, job, self.owner)
+                    except Exception:
+                        log.warning("could not release message; its lease will expire",
+                                    extra={"message_sid": job.message_sid})
+
+    async def _failed(self, job: Job, exc: Exception) -> str:
+        recoverable = not isinstance(exc, ProcessingError) or exc.recoverable
+        reason = exc.reason if isinstance(exc, ProcessingError) else type(exc).__name__
+        user_text = (exc.user_message if isinstance(exc, ProcessingError) else None) or FAILURE_TEXT
+        if recoverable and job.attempts < self.settings.job_max_attempts:
+            delay = backoff_delay(job.attempts, self.settings.job_retry_base_ms / 1000)
+            await retry_message(self.db, job, self.owner, reason, delay)
+            log.warning(
+                "job will be retried",
+                extra={"message_sid": job.message_sid, "attempt": job.attempts,
+                       "retry_in_s": delay, "error": reason, "from": mask_phone(job.from_number)},
+            )
+            return "retried"
+        await fail_message(self.db, job, self.owner, reason, ("failure", user_text))
+        log.error("job failed", extra={"message_sid": job.message_sid, "error": reason})
+        return "failed"
+
+    async def _heartbeat(self, job: Job, work: trio.CancelScope, lost: list[bool]) -> None:
+        """Keep the lease alive while we work; if it was taken over, stop working."""
+        while True:
+            await trio.sleep(self.lease_s / 3)
+            try:
+                still_ours = await extend_lease(self.db, job, self.owner, self.lease_s)
+            except Exception as exc:  # transient: the next beat comes before the lease ends
+                log.debug("lease heartbeat failed", extra={"error": type(exc).__name__})
+                continue
+            if not still_ours:
+                lost.append(True)
+                work.cancel()
+                return

@@ -1,0 +1,153 @@
+"""Per-sender sliding-hour rate limit: atomic in Redis, with an in-process fallback.
+
+The check and the count happen in one Lua script (one round trip, atomic), so a burst of
+concurrent messages from one sender cannot slip past the limit. The window is a sorted
+set of message SIDs scored by Redis's own clock (TIME), so several processes agree, and
+a repeated delivery of an already counted SID is never counted twice.
+
+A sender over the limit is remembered in the local rate-limit status cache until the
+moment they may send again: repeat offenders are answered without calling Redis.
+
+If Redis is down, an in-process sliding window takes over (never fail-open); a counter
+and a log line say so. It limits per process, which is the best that can be done alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from enrich.caching import AsyncTTLCache
+from enrich.redis_client import RedisClient, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 3600.0
+STATUS_CACHE_SIZE = 1000
+STATUS_CACHE_TTL_S = 60.0
+
+SLIDING_WINDOW_LUA = """
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local member = ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZSCORE', key, member) then
+  return {1, redis.call('ZCARD', key), 0}
+end
+local count = redis.call('ZCARD', key)
+if count >= limit then
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, count, tonumber(oldest[2]) + window - now}
+end
+redis.call('ZADD', key, now, member)
+redis.call('PEXPIRE', key, window)
+return {1, count + 1, 0}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    count: int
+    limit: int
+    retry_after_s: float
+    source: str  # "redis" | "cache" | "fallback"
+
+
+class SlidingWindow:
+    """Pure in-process sliding-window log (the fallback), bounded in senders tracked."""
+
+    def __init__(self, limit: int, window_s: float = WINDOW_S, max_senders: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_senders = max_senders
+        self._events: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
+
+    def check(self, sender: str, member: str, now: float) -> tuple[bool, int, float]:
+        events = self._events.get(sender)
+        if events is None:
+            events = deque()
+            self._events[sender] = events
+            if len(self._events) > self.max_senders:
+                self._events.popitem(last=False)
+        self._events.move_to_end(sender)
+        while events and events[0][0] <= now - self.window_s:
+            events.popleft()
+        if any(m == member for _, m in events):
+            return True, len(events), 0.0
+        if len(events) >= self.limit:
+            return False, len(events), events[0][0] + self.window_s - now
+        events.append((now, member))
+        return True, len(events), 0.0
+
+
+class RateLimiter:
+    def __init__(self, redis: RedisClient, limit: int, *, key_prefix: str = "enrich:rl:") -> None:
+        self.redis = redis
+        self.limit = limit
+        self.key_prefix = key_prefix
+        self._script: Any = redis.register_script(SLIDING_WINDOW_LUA)
+        self.status_cache: AsyncTTLCache[str, float] = AsyncTTLCache(
+            "rateLimit", maxsize=STATUS_CACHE_SIZE, ttl=STATUS_CACHE_TTL_S
+        )
+        self.fallback = SlidingWindow(limit)
+        self.fallback_engaged = False
+        self.fallback_decisions = 0
+        self.rejections = 0
+
+    async def check(self, sender: str, message_sid: str) -> Decision:
+        """Count ``message_sid`` for ``sender`` if under the limit; say when to retry if not."""
+        now = trio.current_time()
+        blocked_until = self.status_cache.peek(sender)
+        if blocked_until is not None and blocked_until > now:
+            self.rejections += 1
+            return Decision(False, self.limit, self.limit, blocked_until - now, "cache")
+        try:
+            allowed, count, retry_ms = await self.redis.run(
+                lambda c: self._script(
+                    keys=[self.key_prefix + sender],
+                    args=[int(WINDOW_S * 1000), self.limit, message_sid],
+                    client=c,
+                )
+            )
+        except RedisUnavailable as exc:
+            if not self.fallback_engaged:
+                log.warning(
+                    "Redis unavailable: rate limiting in-process",
+                    extra={"event_kind": "ratelimit_fallback", "error": str(exc)[:200]},
+                )
+            self.fallback_engaged = True
+            self.fallback_decisions += 1
+            ok, count, retry_s = self.fallback.check(sender, message_sid, now)
+            decision = Decision(ok, count, self.limit, retry_s, "fallback")
+        else:
+            if self.fallback_engaged:
+                log.info("Redis is back: rate limiting in Redis again")
+                self.fallback_engaged = False
+            decision = Decision(
+                bool(allowed), int(count), self.limit, int(retry_ms) / 1000, "redis"
+            )
+        if not decision.allowed:
+            self.rejections += 1
+            # Remember until they may send again (capped by the status cache's own TTL).
+            self.status_cache.set(sender, now + min(decision.retry_after_s, STATUS_CACHE_TTL_S))
+        return decision
+
+    def forget(self, sender: str) -> None:
+        self.status_cache.invalidate(sender)
+
+
+def retry_phrase(seconds: float) -> str:
+    """'in 12 minutes' style wording for the reply to a limited sender."""
+    minutes = max(1, math.ceil(seconds / 60))
+    if minutes >= 60:
+        return "in about an hour"
+    return f"in {minutes} minute{'s' if minutes != 1 else ''}"

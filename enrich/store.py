@@ -1,0 +1,436 @@
+"""SQL for the webhook, the job runner and the outbox, in one place.
+
+Every function takes the pool and borrows a connection for exactly one statement or one
+transaction. Hot statements run with ``prepare=True`` (server-side prepared after the
+first use on a connection).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from enrich.core.inbound import InboundMessage
+from enrich.db.pool import ConnectionPool
+
+
+class LeaseLost(Exception):
+    """Another worker took the message over (our lease expired); nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    user_id: uuid.UUID
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed inbound message."""
+
+    id: int
+    message_sid: str
+    user_id: uuid.UUID | None
+    from_number: str
+    body: str
+    media: tuple[dict[str, Any], ...]
+    attempts: int
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ItemInsert:
+    item_index: int
+    item_type: str
+    field_name: str | None
+    value: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: int
+    message_sid: str | None
+    kind: str
+    to_number: str
+    body: str
+    attempts: int
+
+
+# --- webhook ----------------------------------------------------------------------------
+
+
+async def lookup_owner(pool: ConnectionPool, phone: str) -> Owner | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT user_id, verified FROM user_phone_numbers WHERE phone_number = %s",
+            (phone,),
+            prepare=True,
+        )
+        row = await cur.fetchone()
+    return Owner(user_id=row[0], verified=bool(row[1])) if row else None
+
+
+async def message_status(pool: ConnectionPool, message_sid: str) -> str | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT status FROM inbound_messages WHERE message_sid = %s",
+            (message_sid,),
+            prepare=True,
+        )
+        row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+def _media_json(msg: InboundMessage) -> str:
+    return json.dumps(
+        [{"index": m.index, "url": m.url, "contentType": m.content_type} for m in msg.media]
+    )
+
+
+async def insert_message(
+    pool: ConnectionPool,
+    msg: InboundMessage,
+    *,
+    from_e164: str,
+    user_id: uuid.UUID | None,
+    status: str = "received",
+    last_error: str | None = None,
+) -> int | None:
+    """Store the message durably; return its id, or None when the SID was already stored."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            INSERT INTO inbound_messages
+                (message_sid, account_sid, user_id, from_number, to_number, body,
+                 num_media, media, status, last_error, completed_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s,
+                    CASE WHEN %s = 'rejected' THEN now() END)
+            ON CONFLICT (message_sid) DO NOTHING
+            RETURNING id
+            """,
+            (
+                msg.message_sid,
+                msg.account_sid,
+                user_id,
+                from_e164,
+                msg.to_number,
+                msg.body,
+                msg.num_media,
+                _media_json(msg),
+                status,
+                last_error,
+                status,
+            ),
+            prepare=True,
+        )
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+# --- job runner -------------------------------------------------------------------------
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=int(row[0]),
+        message_sid=str(row[1]),
+        user_id=row[2],
+        from_number=str(row[3]),
+        body=str(row[4]),
+        media=tuple(row[5] or ()),
+        attempts=int(row[6]),
+        received_at=row[7],
+    )
+
+
+async def due_message_ids(pool: ConnectionPool, limit: int) -> list[int]:
+    """Open messages whose time has come: new, retry due, or lease expired (a crash)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            SELECT id FROM inbound_messages
+            WHERE status IN ('received', 'processing') AND next_attempt_at <= now()
+            ORDER BY next_attempt_at
+            LIMIT %s
+            """,
+            (limit,),
+            prepare=True,
+        )
+        return [int(r[0]) for r in await cur.fetchall()]
+
+
+async def claim_message(
+    pool: ConnectionPool, message_id: int, owner: str, lease_s: float
+) -> Job | None:
+    """Take the lease on one message if it is due and nobody holds a live lease.
+
+    ``next_attempt_at`` doubles as the lease expiry while processing, so one partial
+    index serves new work, due retries and expired leases alike. SKIP LOCKED lets
+    several processes race for the same row without waiting on each other.
+    """
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages m
+            SET status = 'processing', attempts = m.attempts + 1, lease_owner = %s,
+                lease_expires_at = now() + make_interval(secs => %s),
+                next_attempt_at = now() + make_interval(secs => %s), updated_at = now()
+            FROM (
+                SELECT id FROM inbound_messages
+                WHERE id = %s AND status IN ('received', 'processing')
+                  AND next_attempt_at <= now()
+                FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE m.id = due.id
+            RETURNING m.id, m.message_sid, m.user_id, m.from_number, m.body, m.media,
+                      m.attempts, m.received_at
+            """,
+            (owner, lease_s, lease_s, message_id),
+            prepare=True,
+        )
+        row = await cur.fetchone()
+    return _job(row) if row else None
+
+
+async def extend_lease(pool: ConnectionPool, job: Job, owner: str, lease_s: float) -> bool:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages
+            SET lease_expires_at = now() + make_interval(secs => %s),
+                next_attempt_at = now() + make_interval(secs => %s), updated_at = now()
+            WHERE id = %s AND status = 'processing' AND lease_owner = %s
+            """,
+            (lease_s, lease_s, job.id, owner),
+            prepare=True,
+        )
+        return cur.rowcount == 1
+
+
+async def complete_message(
+    pool: ConnectionPool,
+    job: Job,
+    owner: str,
+    items: Sequence[ItemInsert],
+    *,
+    source: str,
+    notification: tuple[str, str] | None,
+) -> None:
+    """One transaction: mark done (only if we still hold the lease), insert every item in
+    one batch, queue the confirmation. Raises LeaseLost (and changes nothing) if another
+    worker took the message over."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages
+            SET status = 'done', completed_at = now(), updated_at = now(), last_error = NULL,
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = %s AND status = 'processing' AND lease_owner = %s
+            """,
+            (job.id, owner),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(job.message_sid)
+        if items:
+            async with conn.cursor() as c:
+                await c.executemany(
+                    """
+                    INSERT INTO enrichment_items
+                        (user_id, message_id, message_sid, item_index, item_type, field_name,
+                         value, status, source, source_metadata)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s::jsonb)
+                    ON CONFLICT (message_sid, item_index) DO NOTHING
+                    """,
+                    [
+                        (
+                            job.user_id,
+                            job.id,
+                            job.message_sid,
+                            it.item_index,
+                            it.item_type,
+                            it.field_name,
+                            it.value,
+                            source,
+                            json.dumps(it.metadata),
+                        )
+                        for it in items
+                    ],
+                )
+        if notification is not None:
+            await _queue_notification(conn, job.message_sid, notification[0], job.from_number,
+                                      notification[1])
+
+
+async def retry_message(
+    pool: ConnectionPool, job: Job, owner: str, error: str, delay_s: float
+) -> bool:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages
+            SET status = 'received', lease_owner = NULL, lease_expires_at = NULL,
+                next_attempt_at = now() + make_interval(secs => %s), last_error = %s,
+                updated_at = now()
+            WHERE id = %s AND status = 'processing' AND lease_owner = %s
+            """,
+            (delay_s, error[:1000], job.id, owner),
+        )
+        return cur.rowcount == 1
+
+
+async def fail_message(
+    pool: ConnectionPool,
+    job: Job,
+    owner: str | None,
+    error: str,
+    notification: tuple[str, str] | None,
+) -> bool:
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages
+            SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL,
+                last_error = %s, completed_at = now(), updated_at = now()
+            WHERE id = %s AND status = 'processing'
+              AND (%s::text IS NULL OR lease_owner = %s)
+            """,
+            (error[:1000], job.id, owner, owner),
+        )
+        if cur.rowcount != 1:
+            return False
+        if notification is not None:
+            await _queue_notification(conn, job.message_sid, notification[0], job.from_number,
+                                      notification[1])
+    return True
+
+
+# --- outbox -----------------------------------------------------------------------------
+
+
+async def _queue_notification(conn: Any, message_sid: str | None, kind: str, to: str,
+                              body: str) -> None:
+    await conn.execute(
+        """
+        INSERT INTO notifications (message_sid, kind, to_number, body)
+        VALUES (%s, %s, %s, %s)
+        ON CONFLICT (message_sid, kind) DO NOTHING
+        """,
+        (message_sid, kind, to, body),
+    )
+
+
+async def queue_notification(
+    pool: ConnectionPool, *, message_sid: str | None, kind: str, to: str, body: str
+) -> None:
+    async with pool.connection() as conn:
+        await _queue_notification(conn, message_sid, kind, to, body)
+
+
+async def claim_notifications(
+    pool: ConnectionPool, owner: str, lease_s: float, limit: int
+) -> list[Notification]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            UPDATE notifications n
+            SET status = 'sending', attempts = n.attempts + 1, lease_owner = %s,
+                lease_expires_at = now() + make_interval(secs => %s),
+                next_attempt_at = now() + make_interval(secs => %s)
+            FROM (
+                SELECT id FROM notifications
+                WHERE status IN ('pending', 'sending') AND next_attempt_at <= now()
+                ORDER BY next_attempt_at
+                LIMIT %s
+                FOR UPDATE SKIP LOCKED
+            ) due
+            WHERE n.id = due.id
+            RETURNING n.id, n.message_sid, n.kind, n.to_number, n.body, n.attempts
+            """,
+            (owner, lease_s, lease_s, limit),
+            prepare=True,
+        )
+        rows = await cur.fetchall()
+    return [
+        Notification(int(r[0]), r[1], str(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows
+    ]
+
+
+async def mark_sent(pool: ConnectionPool, note: Notification, provider_sid: str) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            """
+            UPDATE notifications
+            SET status = 'sent', provider_sid = %s, sent_at = now(), last_error = NULL,
+                lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = %s
+            """,
+            (provider_sid, note.id),
+            prepare=True,
+        )
+
+
+async def mark_unsent(
+    pool: ConnectionPool, note: Notification, error: str, *, retry_in_s: float | None
+) -> None:
+    """Retry later (``retry_in_s``) or give up (None)."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            """
+            UPDATE notifications
+            SET status = CASE WHEN %s::float8 IS NULL THEN 'failed' ELSE 'pending' END,
+                next_attempt_at = now() + make_interval(secs => coalesce(%s::float8, 0)),
+                last_error = %s, lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = %s
+            """,
+            (retry_in_s, retry_in_s, error[:1000], note.id),
+        )
+
+
+# --- phone numbers (CLI and API) --------------------------------------------------------
+
+
+async def link_phone(
+    pool: ConnectionPool, user_id: uuid.UUID, phone: str, *, verified: bool
+) -> None:
+    """Link ``phone`` to ``user_id`` (replacing the user's previous number)."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM user_phone_numbers WHERE user_id = %s", (user_id,))
+        await conn.execute(
+            """
+            INSERT INTO user_phone_numbers (user_id, phone_number, verified, verified_at)
+            VALUES (%s, %s, %s, CASE WHEN %s THEN now() END)
+            ON CONFLICT (phone_number) DO UPDATE
+            SET user_id = EXCLUDED.user_id, verified = EXCLUDED.verified,
+                verified_at = EXCLUDED.verified_at, updated_at = now(),
+                verification_code_hash = NULL, verification_attempts = 0
+            """,
+            (user_id, phone, verified, verified),
+        )
+
+
+async def list_phones(pool: ConnectionPool) -> list[tuple[uuid.UUID, str, bool]]:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT user_id, phone_number, verified FROM user_phone_numbers ORDER BY created_at"
+        )
+        return [(r[0], str(r[1]), bool(r[2])) for r in await cur.fetchall()]
+
+
+async def release_message(pool: ConnectionPool, job: Job, owner: str) -> bool:
+    """Give a claimed message back untouched (shutdown): due now, attempt not counted."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            """
+            UPDATE inbound_messages
+            SET status = 'received', lease_owner = NULL, lease_expires_at = NULL,
+                attempts = greatest(attempts - 1, 0), next_attempt_at = now(),
+                updated_at = now()
+            WHERE id = %s AND status = 'processing' AND lease_owner = %s
+            """,
+            (job.id, owner),
+        )
+        return cur.rowcount == 1
