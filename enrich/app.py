@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from functools import partial
 from typing import Any
 
 import httpx
+import trio
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -29,10 +31,12 @@ from enrich.metrics import Metrics
 from enrich.pipeline.outbox import Outbox
 from enrich.pipeline.process import MediaHandler, Processor
 from enrich.pipeline.runner import JobRunner
+from enrich.sdnotify import SystemdNotifier
 from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
+from enrich.supervisor import Supervisor
 from enrich.twilio_rest import TwilioSender
-from enrich.web import health, webhook
+from enrich.web import health, performance, webhook
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ def create_app(
     extractor: Extractor | None = None,
     media: MediaHandler | None = None,
     processor: Processor | None = None,
+    notifier: SystemdNotifier | None = None,
 ) -> QuartTrio:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -96,7 +101,11 @@ def create_app(
                 max_concurrency=settings.twilio_pool_max,
                 timeout=settings.twilio_timeout_ms / 1000,
             )
-        state.outbox = Outbox(services.db, sender, metrics, owner=settings.effective_instance_id)
+            state.limiters["twilio"] = sender.stats
+        state.outbox = Outbox(
+            services.db, sender, metrics,
+            owner=f"{settings.effective_instance_id}/{secrets.token_hex(4)}",
+        )
         state.runner = JobRunner(
             settings, services.db, processor or Processor(extractor, media), metrics,
             on_done=state.outbox.wake,
@@ -104,31 +113,41 @@ def create_app(
         ingest.on_accepted = state.runner.notify if role == "all" else None
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(performance.bp)
     if role in ("all", "web"):
         app.register_blueprint(webhook.bp)
+
+    supervisor = Supervisor(state, notifier)
+    state.extras["supervisor"] = supervisor
 
     @app.before_serving
     async def startup() -> None:
         await services.open(run_migrations=run_migrations)
+        # The supervisor restarts any of these that dies; readiness reports it meanwhile.
+        await app.nursery.start(supervisor.run)
         if role in ("all", "web"):
             assert settings.redis_url is not None
-            await app.nursery.start(
-                partial(invalidation.listen, settings.redis_url, ingest.invalidate,
-                        ingest.clear_caches)
-            )
+            listener = partial(invalidation.listen, settings.redis_url, ingest.invalidate,
+                               ingest.clear_caches)
+            await app.nursery.start(supervisor.keep_running, "invalidation", listener)
         if state.runner is not None:
-            await app.nursery.start(state.runner.run)
+            await app.nursery.start(supervisor.keep_running, "runner", state.runner.run)
         if state.outbox is not None:
-            await app.nursery.start(state.outbox.run)
+            await app.nursery.start(supervisor.keep_running, "outbox", state.outbox.run)
         log.info("serving", extra={"role": role})
 
     @app.after_serving
     async def shutdown() -> None:
+        # hypercorn has stopped accepting and in-flight requests are done: drain jobs.
         if state.runner is not None:
             await state.runner.drain(settings.shutdown_grace_seconds)
         if state.outbox is not None:
             state.outbox.stop()
+        for closer in state.closers:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await closer()
         await http.aclose()
+        supervisor.shutdown_cleanup()
         await services.close()
         log.info("services closed")
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -52,10 +53,15 @@ def _banner(settings: Settings, host: str, port: int, role: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from enrich.app import create_app
     from enrich.local import apply_local_defaults, ensure_local_token, start_embedded
-    from enrich.server import serve_app
+    from enrich.logs import register_secret
+    from enrich.sdnotify import SystemdNotifier
+    from enrich.server import serve_app, wait_for_signal
 
     settings = apply_local_defaults(_settings())
     _configure_logging(settings)
+    # Read NOTIFY_SOCKET now and remove it from the environment, so the embedded
+    # servers we spawn never talk to systemd on our behalf.
+    notifier = SystemdNotifier(unset_environment=True)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     if settings.twilio_auth_token is None and not settings.local_mode:
@@ -70,9 +76,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if settings.local_mode:
             settings = ensure_local_token(settings)
-        app = create_app(settings, role=args.role)
-        print(_banner(settings, host, port, args.role), file=sys.stderr)
-        trio.run(lambda: serve_app(app, settings, host=host, port=port))
+        for secret in (settings.twilio_auth_token, settings.admin_token, settings.jwt_secret):
+            if secret:
+                register_secret(secret)
+        app = create_app(settings, role=args.role, notifier=notifier)
+
+        async def shutdown_trigger() -> None:
+            await wait_for_signal()
+            await notifier.stopping()
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    partial(serve_app, app, settings, host=host, port=port,
+                            shutdown_trigger=shutdown_trigger)
+                )
+                print(_banner(settings, host, port, args.role), file=sys.stderr)
+                await notifier.ready(status=f"serving on {', '.join(binds)}")
+
+        trio.run(main)
     except KeyboardInterrupt:
         pass
     finally:

@@ -181,7 +181,7 @@ class Settings:
         "INSTANCE_ID",
         _text,
         "",
-        "Name of this process in leases, logs and its temp subdirectory. Default host-pid.",
+        "Name of this process in leases, logs and its temp subdirectory. Default host-port.",
     )
 
     # --- storage ---
@@ -463,7 +463,9 @@ class Settings:
 
     @property
     def effective_instance_id(self) -> str:
-        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        """Stable across restarts (host and port), so a restarted instance finds and
+        cleans its own temp files, and distinct for instances sharing a host."""
+        return self.instance_id or f"{socket.gethostname()}-{self.port}"
 
     @property
     def max_media_bytes(self) -> int:

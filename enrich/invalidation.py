@@ -77,6 +77,8 @@ async def listen(
                         else:
                             trio.from_thread.run_sync(on_phone, phone, trio_token=token)
             except (redis.RedisError, OSError) as exc:
+                if stop:
+                    return  # shutting down: Redis may already be gone
                 log.warning("cache invalidation listener lost Redis; retrying",
                             extra={"error": type(exc).__name__})
                 time.sleep(backoff)

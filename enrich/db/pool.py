@@ -83,6 +83,8 @@ class ConnectionPool:
         self._open = 0  # connections that exist (idle + lent)
         self._closed = False
         self.connections_opened = 0
+        self.borrows = 0  # each borrow is one statement or one transaction in this codebase
+        self.busy_seconds = 0.0
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -128,10 +130,13 @@ class ConnectionPool:
                 f"(DATABASE_POOL_MAX={self.max_size}, waiting={self.waiting})"
             )
         conn: TrioConnection[Any] | None = None
+        started = time.perf_counter()
         try:
             conn = await self._take()
             yield conn
         finally:
+            self.borrows += 1
+            self.busy_seconds += time.perf_counter() - started
             with trio.CancelScope(shield=True):
                 try:
                     if conn is not None:
@@ -182,6 +187,14 @@ class ConnectionPool:
         return closed
 
     # --- statistics -----------------------------------------------------------------
+
+    def reset_counters(self) -> None:
+        self.borrows = 0
+        self.busy_seconds = 0.0
+
+    @property
+    def avg_query_ms(self) -> float:
+        return round(1000 * self.busy_seconds / self.borrows, 3) if self.borrows else 0.0
 
     @property
     def waiting(self) -> int:

@@ -33,6 +33,10 @@ How a text is read, in order:
    Sentences that are nobody's context become notes; a short text with no
    contact becomes one note as a whole.
 
+Phone numbers must be *valid* (``Leniency.VALID``), not merely possible: in
+free text a possible-but-invalid 10-digit run is more often an order number
+than a phone number.
+
 Everything is linear in the input (regexes have bounded repetition and are
 compiled once), and ``extract`` never raises on a ``str``.
 """
@@ -513,7 +517,7 @@ class _SentenceReader:
         if cue == "contact" and (
             (tok.low in gz.FIRST_NAMES and tok.low not in gz.COMMON_WORDS | _NOT_NAME)
             # A name in a script without capitals ("Met 李雷"): the cue is all we have.
-            or (tok.text.lower() == tok.text.upper() and not self.used[i])
+            or tok.text.lower() == tok.text.upper()
         ):
             self.emit(i, i, "contact", _titled(tok.text))
             return
@@ -563,7 +567,7 @@ class _SentenceReader:
         if len(toks) >= 2 and lows[-1] in gz.ORG_SUFFIXES:
             self.emit(i, j, "organization")
             return
-        if cue == "contact" and first.low in gz.FIRST_NAMES:
+        if cue == "contact" and first.low in gz.FIRST_NAMES and len(toks) <= MAX_NAME_WORDS:
             self.emit(i, j, "contact")
             return
         if len(toks) >= 2 and lows[-1] in gz.LANDMARK_SUFFIXES:
@@ -572,7 +576,7 @@ class _SentenceReader:
         if cue == "organization":
             if first.possessive and len(toks) == 1:
                 return
-            if self.reader_prev_is("from", i) and self.looks_like_person(i, j):
+            if self.low(i - 1) == "from" and self.looks_like_person(i, j):
                 self.emit(i, j, "contact")
                 return
             if not all(_is_common(low) for low in lows):
@@ -584,14 +588,13 @@ class _SentenceReader:
                 self.emit(i, j, "location")
             return
         if cue == "contact":
-            if first.low in gz.TITLES or not _is_common(first.low):
+            if len(toks) <= MAX_NAME_WORDS and (
+                first.low in gz.TITLES or not _is_common(first.low)
+            ):
                 self.emit(i, j, "contact")
             return
         if self.looks_like_person(i, j):
             self.emit(i, j, "contact")
-
-    def reader_prev_is(self, word: str, i: int) -> bool:
-        return self.low(i - 1) == word
 
     def looks_like_person(self, i: int, j: int) -> bool:
         toks = self.toks[i : j + 1]
@@ -634,7 +637,6 @@ class _SentenceReader:
             return low not in gz.COMMON_WORDS
         if (
             low in gz.COMMON_WORDS
-            or low in _NOT_NAME
             or low in gz.PERSON_CUES
             or len(low) < 2
             or low in gz.PLACES

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -77,7 +78,9 @@ class JobRunner:
         self.processor = processor
         self.metrics = metrics
         self.on_done = on_done
-        self.owner = settings.effective_instance_id
+        # Unique per runner instance: a restarted process reuses its instance id but must
+        # not be mistaken for the one that died holding leases.
+        self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
         self._send, self._recv = trio.open_memory_channel[int](settings.job_queue_size)

@@ -23,7 +23,12 @@ from enrich.extraction import (
     to_rows,
 )
 from enrich.extraction import gazetteer as gz
-from enrich.extraction.rules import CONTEXT_MAX_CHARS, MAX_INPUT_CHARS, NOTE_MAX_CHARS
+from enrich.extraction.rules import (
+    CONTEXT_MAX_CHARS,
+    MAX_INPUT_CHARS,
+    MAX_ITEMS_PER_KIND,
+    NOTE_MAX_CHARS,
+)
 
 MEDIA = Path(__file__).resolve().parent.parent / "fixtures" / "media"
 TRANSCRIPTS: dict[str, str] = json.loads((MEDIA / "transcripts.json").read_text())
@@ -93,8 +98,7 @@ CASES: list[Case] = [
         not_names=("Dinner", "Friday"),
     ),
     Case(
-        "Talked to Dr. Smith about the results, email jane.doe@example.com or call "
-        "503-555-0199",
+        "Talked to Dr. Smith about the results, email jane.doe@example.com or call 503-555-0199",
         contacts=("Dr. Smith",),
         emails=("jane.doe@example.com",),
         phones=("+15035550199",),
@@ -242,6 +246,22 @@ CASES: list[Case] = [
         not_names=("Drinks", "Rusty"),
     ),
     Case("ok thanks", not_names=("Ok", "Thanks")),
+    Case("Going to the Taylor Swift concert with Emma", contacts=("Emma",)),
+    Case(
+        "Had a great time w/ Alex & Jordan at Joe's Pizza",
+        contacts=("Alex", "Jordan"),
+        not_names=("Pizza",),
+    ),
+    Case(
+        "Met Sarah, Tom and Lee in Portland, Seattle & Boise",
+        contacts=("Sarah", "Tom", "Lee"),
+        locations=("Portland", "Seattle", "Boise"),
+    ),
+    Case(
+        "Meeting With John Paul George Ringo Starr Tomorrow",
+        dates=("Tomorrow",),
+        not_names=("Meeting", "Ringo"),
+    ),
 ]
 
 
@@ -519,6 +539,40 @@ def test_interests_become_tags(text: str, expected: tuple[str, ...]) -> None:
 def test_odd_inputs_do_not_raise(text: str) -> None:
     result = extract(text)
     assert_clean(result)
+
+
+ADVERSARIAL = {
+    "at-signs": "a@" * 800,
+    "long-locals": ("x" * 60 + "@") * 26,
+    "deep-domain": "a@" + "b." * 799,
+    "digits": "1" * 1600,
+    "spaced-digits": "1 " * 800,
+    "phones": "(415) 555-2671 " * 106,
+    "names": "Sarah " * 266,
+    "cues": "loves " * 266,
+    "dots": ". " * 800,
+    "hashes": "#a" * 800,
+    "fractions": "1/1 " * 400,
+    "urls": "http://" * 228,
+    "capitals": "A " * 800,
+    "titles": "Dr. " * 400,
+    "shorthand": "w/ " * 533,
+    "possessives": "'s " * 533,
+    "and-chain": "Sarah and " * 160,
+}
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL.values(), ids=ADVERSARIAL.keys())
+def test_adversarial_sms_sized_inputs(text: str) -> None:
+    assert len(text) <= 1600
+    assert_clean(extract(text))
+
+
+def test_items_per_kind_are_capped() -> None:
+    text = " ".join(f"#tag{n}" for n in range(200))
+    result = extract(text)
+    assert len(result.tags) == MAX_ITEMS_PER_KIND
+    assert result.tags[:2] == ("tag0", "tag1")
 
 
 def test_inputs_past_the_cap_are_ignored() -> None:
