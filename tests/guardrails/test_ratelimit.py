@@ -140,3 +140,36 @@ async def test_redis_killed_mid_test_nothing_500s_and_limit_holds(
         stop.set()
     finally:
         private.stop()
+
+
+async def test_200_concurrent_webhooks_from_one_sender_accept_exactly_the_limit(
+    served: dict[str, Any], database_url: str
+) -> None:
+    settings = served["settings"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO user_phone_numbers (user_id, phone_number, verified)"
+                     " VALUES (%s, %s, true)", (uuid.uuid4(), SENDER))
+    outcomes: list[str] = []
+    limits = httpx.Limits(max_connections=50)
+    async with httpx.AsyncClient(base_url=served["url"], timeout=30, limits=limits) as http:
+
+        async def post() -> None:
+            form = build_form(account_sid=settings.twilio_account_sid, sender=SENDER,
+                              to="+15550000000", body="note", media=[])
+            r = await http.post("/api/sms/webhook", data=dict(form),
+                                headers={"X-Twilio-Signature": _sign(settings, form)})
+            assert r.status_code == 200
+            outcomes.append(r.headers["X-Enrich-Outcome"])
+            if r.headers["X-Enrich-Outcome"] == "rate_limited":
+                assert "limit of 20 messages per hour" in r.text
+                assert "send again in" in r.text
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(post)
+    assert outcomes.count("accepted") == settings.rate_limit_messages_per_hour == 20
+    assert outcomes.count("rate_limited") == 180
+    with psycopg.connect(database_url) as conn:
+        rejected = conn.execute(
+            "SELECT count(*) FROM inbound_messages WHERE status = 'rejected'").fetchone()
+    assert rejected == (180,)  # recorded, never processed
