@@ -52,3 +52,19 @@ async def test_refused_connection_raises_unavailable() -> None:
     client = RedisClient("redis://127.0.0.1:1/0", min_size=0, max_size=1, timeout=0.3)
     with pytest.raises(RedisUnavailable):
         await client.run(lambda c: c.ping())
+
+
+async def test_deadline_returns_early_and_the_connection_comes_back(redis_url: str) -> None:
+    """Conformance of the thread strategy: the caller returns at its deadline; the
+    abandoned thread finishes its call (bounded by the socket timeout) and returns the
+    connection and the limiter token."""
+    client = RedisClient(redis_url, min_size=0, max_size=1, timeout=3.0)
+    start = trio.current_time()
+    with pytest.raises(RedisUnavailable):
+        await client.run(lambda c: c.blpop(["never-filled"], timeout=1), timeout=0.2)
+    assert trio.current_time() - start < 0.9  # well before the 1 s BLPOP ends
+    with trio.fail_after(5):
+        while client.stats()["inUse"]:
+            await trio.sleep(0.05)
+    assert await client.run(lambda c: c.ping()) is True  # the only connection is usable
+    await client.close()
