@@ -9,9 +9,12 @@ Servers started here are stopped at the end of the run; none are left behind.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,19 +41,41 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+@contextlib.contextmanager
+def server_dir(prefix: str) -> Iterator[Path]:
+    """A private directory for an embedded server's data, outside pytest's tmp tree.
+
+    As root, PostgreSQL runs as an unprivileged user that must traverse the parents of
+    its data directory; pytest resets /tmp/pytest-of-<user> to 0700 whenever a session
+    starts, which would lock a running server out of its own files.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"enrich-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def server_tmp() -> Iterator[Path]:
+    with server_dir("t") as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server() -> Iterator[str]:
     """URL of a PostgreSQL server (database name is replaced per test)."""
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
         yield given
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
-    running = server.start()
-    try:
-        yield running.url
-    finally:
-        server.stop()
+    with server_dir("pg") as root:
+        server = EmbeddedPostgres(root)
+        running = server.start()
+        try:
+            yield running.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -89,17 +114,18 @@ def database_url(pg_server: str, pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server() -> Iterator[str]:
     given = os.environ.get("TEST_REDIS_URL")
     if given:
         yield given
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
-    running = server.start()
-    try:
-        yield running.url
-    finally:
-        server.stop()
+    with server_dir("redis") as root:
+        server = EmbeddedRedis(root)
+        running = server.start()
+        try:
+            yield running.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture

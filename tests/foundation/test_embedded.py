@@ -25,7 +25,8 @@ def _wait_gone(pid: int, timeout: float = 10) -> None:
     assert not pid_alive(pid)
 
 
-def test_postgres_reuse_crash_restart_and_stop(tmp_path: Path) -> None:
+def test_postgres_reuse_crash_restart_and_stop(server_tmp: Path) -> None:
+    tmp_path = server_tmp
     pg = EmbeddedPostgres(tmp_path)
     first = pg.start()
     try:
@@ -48,7 +49,8 @@ def test_postgres_reuse_crash_restart_and_stop(tmp_path: Path) -> None:
     assert pg.running_pid() is None
 
 
-def test_postgres_survives_a_killed_owner_process(tmp_path: Path) -> None:
+def test_postgres_survives_a_killed_owner_process(server_tmp: Path) -> None:
+    tmp_path = server_tmp
     """Our process dies with kill -9 while it holds the server: the next start reuses it."""
     code = (
         "import sys, time; from pathlib import Path; from enrich.embedded import EmbeddedPostgres;"
