@@ -105,7 +105,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         else:
             for f in files:
                 ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-                media.append((fake.add_media(None, f.read_bytes(), ctype), ctype))
+                # Served from the API origin itself (no CDN hop): local mode allows only
+                # that origin unless MEDIA_REDIRECT_HOSTS says otherwise.
+                media.append((fake.add_media(None, f.read_bytes(), ctype, hops=0), ctype))
     try:
         form = build_form(account_sid=account_sid, sender=_phone(args.sender),
                           to=settings.twilio_phone_number or "+15005550006", body=args.body,
