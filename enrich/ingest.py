@@ -167,9 +167,8 @@ class Ingest:
             return True
         key = f"enrich:unknown-reply:{sender}"
         try:
-            return bool(
-                await self.redis.run(lambda c: c.set(key, b"1", nx=True, ex=interval))
-            )
+            reply = await self.redis.execute("SET", key, "1", "NX", "EX", interval)
+            return bool(reply == "OK")
         except RedisUnavailable:
             if self._replied_locally.peek(sender):
                 return False

@@ -13,6 +13,7 @@ short timeout and hands each message to the trio loop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,7 @@ CLEAR_ALL = "*"
 
 
 async def publish(client: RedisClient, phone: str) -> None:
-    await client.run(lambda c: c.publish(CHANNEL, phone))
+    await client.execute("PUBLISH", CHANNEL, phone)
 
 
 def publish_invalidation_sync(redis_url: str, phone: str) -> None:
@@ -52,13 +53,13 @@ async def listen(
 ) -> None:
     """Deliver invalidations to ``on_phone`` (or ``on_clear`` after a gap) until cancelled."""
     token = trio.lowlevel.current_trio_token()
-    stop = False
+    stop = threading.Event()
     subscribed = trio.Event()
 
     def loop() -> None:
         backoff = 0.2
         first = True
-        while not stop:
+        while not stop.is_set():
             client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
             pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
@@ -68,7 +69,7 @@ async def listen(
                 first = False
                 trio.from_thread.run_sync(subscribed.set, trio_token=token)
                 backoff = 0.2
-                while not stop:
+                while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "message":
                         phone = message["data"].decode("utf-8", "replace")
@@ -77,7 +78,7 @@ async def listen(
                         else:
                             trio.from_thread.run_sync(on_phone, phone, trio_token=token)
             except (redis.RedisError, OSError) as exc:
-                if stop:
+                if stop.is_set():
                     return  # shutting down: Redis may already be gone
                 log.warning("cache invalidation listener lost Redis; retrying",
                             extra={"error": type(exc).__name__})
@@ -95,11 +96,10 @@ async def listen(
     async with trio.open_nursery() as nursery:
 
         async def run_thread() -> None:
-            nonlocal stop
             try:
                 await trio.to_thread.run_sync(loop, abandon_on_cancel=True)
             finally:
-                stop = True
+                stop.set()
 
         nursery.start_soon(run_thread)
         with trio.move_on_after(5):

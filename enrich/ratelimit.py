@@ -18,7 +18,6 @@ import logging
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
@@ -94,7 +93,7 @@ class RateLimiter:
         self.redis = redis
         self.limit = limit
         self.key_prefix = key_prefix
-        self._script: Any = redis.register_script(SLIDING_WINDOW_LUA)
+        self._script = redis.script(SLIDING_WINDOW_LUA)
         self.status_cache: AsyncTTLCache[str, float] = AsyncTTLCache(
             "rateLimit", maxsize=STATUS_CACHE_SIZE, ttl=STATUS_CACHE_TTL_S
         )
@@ -111,12 +110,8 @@ class RateLimiter:
             self.rejections += 1
             return Decision(False, self.limit, self.limit, blocked_until - now, "cache")
         try:
-            allowed, count, retry_ms = await self.redis.run(
-                lambda c: self._script(
-                    keys=[self.key_prefix + sender],
-                    args=[int(WINDOW_S * 1000), self.limit, message_sid],
-                    client=c,
-                )
+            allowed, count, retry_ms = await self._script(
+                [self.key_prefix + sender], [int(WINDOW_S * 1000), self.limit, message_sid]
             )
         except RedisUnavailable as exc:
             if not self.fallback_engaged:

@@ -1,107 +1,231 @@
-"""Redis access for trio: redis-py's sync client in worker threads, behind a limiter.
+"""A small trio-native Redis client for the hot path, behind a capacity limiter.
 
-Driver choice (DESIGN.md §4 and §8.9, measured): redis-py sync in threads ran ~3k
-pipelines/s on this machine, redis.asyncio through trio-asyncio ~2k/s. Our calls are
-short (one EVALSHA per webhook), so threads win. A thread cannot be interrupted, so:
+Driver choice, measured on this machine (see docs/ARCHITECTURE.md): redis-py's sync
+client in worker threads managed ~2.4k rate-limit scripts/s (423 µs each under 50
+concurrent callers: every call pays a thread hop and GIL hand-offs) and a trio deadline
+could only abandon the thread, not stop the call. The webhook makes one Redis call per
+message, so that cost was a third of the webhook's budget. This client speaks RESP2
+(``enrich.resp``, sans-I/O) over trio sockets instead:
 
-* the trio side waits with ``abandon_on_cancel=True``: a cancelled caller returns at its
-  deadline, and the thread finishes its call in the background and gives the connection
-  back to redis-py's pool itself;
-* every socket has a timeout (REDIS_TIMEOUT_MS) below the callers' trio deadlines, which
-  bounds how long an abandoned thread can hold a connection;
-* the trio ``CapacityLimiter`` (REDIS_POOL_MAX) is the pool's front door: trio releases a
-  token only when its thread really ends, so the limiter never lends more threads than
-  redis-py has connections, and its statistics are the pool's statistics.
+* no threads: a call is a write and a read on a pooled connection;
+* cancellation is real: a deadline interrupts the read at once; the connection, whose
+  state is then unknown, is closed rather than reused;
+* the ``CapacityLimiter`` of REDIS_POOL_MAX tokens is the pool's front door, so its
+  statistics are the pool's statistics, as for PostgreSQL.
+
+redis-py stays for what is not on the hot path: the pub/sub listener
+(``enrich.invalidation``) and the CLI.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
-import redis
 import trio
 
-T = TypeVar("T")
+from enrich.resp import NEED_DATA, RespError, RespParser, encode_command
+
+READ_SIZE = 65536
 
 
 class RedisUnavailable(ConnectionError):
-    """Redis did not answer in time or refused the connection."""
+    """Redis did not answer in time, refused the connection, or closed it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    host: str | None
+    port: int
+    path: str | None  # unix socket
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        password = unquote(parts.password) if parts.password else None
+        if password is None and query.get("password"):
+            password = query["password"][0]
+        username = unquote(parts.username) if parts.username else None
+        if parts.scheme == "unix":
+            db = int((query.get("db") or ["0"])[0])
+            return cls(None, 0, parts.path, db, username, password, False)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+        path_db = parts.path.lstrip("/")
+        db = int(path_db) if path_db else int((query.get("db") or ["0"])[0])
+        return cls(parts.hostname or "localhost", parts.port or 6379, None, db, username,
+                   password, parts.scheme == "rediss")
+
+
+class _Connection:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.parser = RespParser()
+        self.last_used = time.monotonic()
+
+    async def call(self, *args: Any) -> Any:
+        await self.stream.send_all(encode_command(*args))
+        while True:
+            reply = self.parser.next()
+            if reply is not NEED_DATA:
+                return reply
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                raise RedisUnavailable("Redis closed the connection")
+            self.parser.feed(data)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class Script:
+    """A Lua script run by EVALSHA, loaded with EVAL when the server lacks it."""
+
+    def __init__(self, client: RedisClient, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if exc.prefix != "NOSCRIPT":
+                raise
+        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
 
 
 class RedisClient:
     def __init__(
         self, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 1.0
     ) -> None:
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError(f"pool sizes need 0 <= min ({min_size}) <= max ({max_size}), max >= 1")
         self.url = url
+        self.address = RedisAddress.parse(url)
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout
-        self.pool: redis.BlockingConnectionPool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_size,
-            timeout=timeout,  # wait for a free connection (never long: the limiter fronts it)
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            retry_on_timeout=False,
-        )
-        self.client = redis.Redis(connection_pool=self.pool)
         self.limiter = trio.CapacityLimiter(max_size)
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self.calls = 0
 
-    async def run(self, fn: Callable[[redis.Redis], T], *, timeout: float | None = None) -> T:
-        """Run ``fn(client)`` in a worker thread under a trio deadline.
+    # --- connections ------------------------------------------------------------------
 
-        Raises RedisUnavailable on timeouts and connection errors, so callers can tell
-        "Redis is down" from a programming error.
-        """
-        limit = self.timeout * 2 if timeout is None else timeout
+    async def _connect(self) -> _Connection:
+        a = self.address
+        try:
+            stream: trio.abc.Stream
+            if a.path is not None:
+                stream = await trio.open_unix_socket(a.path)
+            elif a.tls:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    a.host or "localhost", a.port, ssl_context=ssl.create_default_context()
+                )
+            else:
+                assert a.host is not None
+                stream = await trio.open_tcp_stream(a.host, a.port)
+        except OSError as exc:
+            raise RedisUnavailable(f"cannot connect to Redis: {exc.strerror or exc}") from exc
+        conn = _Connection(stream)
+        self._open += 1
+        try:
+            if a.password is not None:
+                auth = ("AUTH", a.username, a.password) if a.username else ("AUTH", a.password)
+                _check(await conn.call(*auth))
+            if a.db:
+                _check(await conn.call("SELECT", a.db))
+        except BaseException:
+            self._open -= 1
+            await conn.aclose()
+            raise
+        return conn
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        async with self.limiter:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            ok = False
+            try:
+                yield conn
+                ok = True
+            finally:
+                if ok:
+                    conn.last_used = time.monotonic()
+                    self._idle.append(conn)
+                else:
+                    # Cancelled or failed mid-call: the reply may still be in flight, so
+                    # this connection can't be trusted to be in step. Drop it.
+                    self._open -= 1
+                    await conn.aclose()
+
+    async def execute(self, *args: Any, timeout: float | None = None) -> Any:
+        """Run one command under a deadline. Error replies raise RespError; connection
+        trouble and timeouts raise RedisUnavailable."""
+        limit = self.timeout if timeout is None else timeout
         try:
             with trio.fail_after(limit):
-                return await trio.to_thread.run_sync(
-                    fn, self.client, limiter=self.limiter, abandon_on_cancel=True
-                )
+                async with self._connection() as conn:
+                    reply = await conn.call(*args)
         except trio.TooSlowError as exc:
-            raise RedisUnavailable(f"redis did not answer within {limit:.2f}s") from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailable(str(exc)) from exc
+            raise RedisUnavailable(f"Redis did not answer within {limit:.2f}s") from exc
+        except RedisUnavailable:
+            raise
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise RedisUnavailable(f"Redis connection failed: {type(exc).__name__}") from exc
+        self.calls += 1
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    def script(self, source: str) -> Script:
+        return Script(self, source)
+
+    # --- lifecycle and statistics -----------------------------------------------------
 
     async def open(self) -> None:
         """Open REDIS_POOL_MIN connections now so the first webhooks don't pay for them."""
-
-        def warm(_: redis.Redis) -> None:
-            conns = [self.pool.get_connection() for _ in range(self.min_size)]  # type: ignore[no-untyped-call]
-            for conn in conns:
-                conn.connect()
-            for conn in conns:
-                self.pool.release(conn)  # type: ignore[no-untyped-call]
-
-        if self.min_size:
-            await self.run(warm, timeout=self.timeout * 3)
+        with trio.fail_after(self.timeout * 3):
+            while len(self._idle) < self.min_size:
+                self._idle.append(await self._connect())
 
     async def close(self) -> None:
-        await trio.to_thread.run_sync(self.pool.disconnect)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._open -= 1
+            await conn.aclose()
 
     async def ping(self, timeout: float = 1.0) -> float:
         start = time.perf_counter()
-        await self.run(lambda c: c.ping(), timeout=timeout)
+        await self.execute("PING", timeout=timeout)
         return time.perf_counter() - start
 
     def stats(self) -> dict[str, int]:
-        in_use = int(self.limiter.borrowed_tokens)
-        # redis-py keeps created connections in _connections (a stable private attribute).
-        total = len(getattr(self.pool, "_connections", ()))
         return {
-            "total": total,
+            "total": self._open,
             "available": int(self.limiter.available_tokens),
-            "inUse": in_use,
+            "inUse": int(self.limiter.borrowed_tokens),
             "waiting": self.limiter.statistics().tasks_waiting,
-            "idle": max(total - in_use, 0),
+            "idle": len(self._idle),
             "min": self.min_size,
             "max": self.max_size,
         }
 
-    def register_script(self, source: str) -> Any:
-        """A redis-py Script object (EVALSHA with automatic EVAL fallback on NOSCRIPT)."""
-        return self.client.register_script(source)
+
+def _check(reply: Any) -> Any:
+    if isinstance(reply, RespError):
+        raise RedisUnavailable(f"Redis refused the connection setup: {reply.prefix}")
+    return reply

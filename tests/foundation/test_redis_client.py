@@ -1,36 +1,85 @@
-"""The Redis layer: calls, statistics, and deadlines when Redis does not answer."""
+"""The trio-native Redis client: calls, statistics, scripts, and real cancellation."""
 
 from __future__ import annotations
 
 import pytest
 import trio
 
-from enrich.redis_client import RedisClient, RedisUnavailable
+from enrich.redis_client import RedisAddress, RedisClient, RedisUnavailable
+from enrich.resp import RespError
 
 
 async def test_calls_and_stats(redis_url: str) -> None:
     client = RedisClient(redis_url, min_size=2, max_size=4, timeout=1.0)
     await client.open()
-    assert client.stats()["total"] >= 2
-    await client.run(lambda c: c.set("k", "v"))
-    assert await client.run(lambda c: c.get("k")) == b"v"
+    assert client.stats()["total"] == 2
+    assert await client.execute("SET", "k", "v") == "OK"
+    assert await client.execute("GET", "k") == b"v"
+    assert await client.execute("GET", "missing") is None
+    assert await client.execute("RPUSH", "l", 1, 2, 3) == 3
+    assert await client.execute("LRANGE", "l", 0, -1) == [b"1", b"2", b"3"]
     stats = client.stats()
     assert (stats["inUse"], stats["waiting"], stats["max"]) == (0, 0, 4)
+    await client.close()
+    assert client.stats()["total"] == 0
+
+
+async def test_error_reply_raises_and_keeps_the_connection(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=1)
+    await client.execute("SET", "s", "text")
+    with pytest.raises(RespError) as info:
+        await client.execute("INCR", "s")
+    assert info.value.prefix == "ERR"
+    assert await client.execute("PING") == "PONG"
+    assert client.stats()["total"] == 1  # the same connection, still in step
+    await client.close()
+
+
+async def test_scripts_load_on_first_use(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=2)
+    await client.execute("SCRIPT", "FLUSH")
+    script = client.script("return {KEYS[1], ARGV[1]}")
+    assert await script(["key"], ["arg"]) == [b"key", b"arg"]  # NOSCRIPT -> EVAL
+    assert await script(["key2"], ["x"]) == [b"key2", b"x"]  # EVALSHA now
     await client.close()
 
 
 async def test_concurrency_is_bounded_by_the_limiter(redis_url: str) -> None:
-    client = RedisClient(redis_url, min_size=0, max_size=3, timeout=1.0)
+    client = RedisClient(redis_url, min_size=0, max_size=3, timeout=2.0)
     results: list[int] = []
 
     async def incr() -> None:
-        results.append(await client.run(lambda c: c.incr("counter")))
+        results.append(await client.execute("INCR", "counter"))
 
     async with trio.open_nursery() as nursery:
-        for _ in range(100):
+        for _ in range(300):
             nursery.start_soon(incr)
-    assert sorted(results) == list(range(1, 101))
+    assert sorted(results) == list(range(1, 301))
     assert client.stats()["total"] <= 3
+    await client.close()
+
+
+async def test_deadline_interrupts_a_slow_call_and_the_pool_recovers(redis_url: str) -> None:
+    """Conformance: a trio deadline around a blocking call returns at the deadline; the
+    connection (whose reply is still due) is dropped, never reused out of step."""
+    client = RedisClient(redis_url, min_size=0, max_size=1, timeout=3.0)
+    start = trio.current_time()
+    with pytest.raises(RedisUnavailable):
+        await client.execute("BLPOP", "never-filled", 2, timeout=0.2)
+    assert trio.current_time() - start < 1.0  # long before BLPOP's 2 s
+    assert client.stats() | {"total": 0, "inUse": 0} == client.stats()
+    await client.execute("RPUSH", "never-filled", "late")
+    # A reused connection would now read the stale BLPOP reply; a fresh one reads ours.
+    assert await client.execute("LPOP", "never-filled") == b"late"
+    await client.close()
+
+
+async def test_outer_cancellation_drops_the_connection(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=1, timeout=5.0)
+    with trio.move_on_after(0.1):
+        await client.execute("BLPOP", "nothing", 1)
+    assert client.stats()["inUse"] == 0 and client.stats()["total"] == 0
+    assert await client.execute("PING") == "PONG"
     await client.close()
 
 
@@ -43,28 +92,38 @@ async def test_silent_server_raises_unavailable_at_the_deadline(nursery: trio.Nu
 
     nursery.start_soon(trio.serve_listeners, swallow, [listener])
     client = RedisClient(f"redis://127.0.0.1:{port}/0", min_size=0, max_size=2, timeout=0.3)
-    with pytest.raises(RedisUnavailable):
-        await client.run(lambda c: c.ping(), timeout=0.5)
+    with pytest.raises(RedisUnavailable, match="did not answer"):
+        await client.execute("PING")
     nursery.cancel_scope.cancel()
 
 
 async def test_refused_connection_raises_unavailable() -> None:
     client = RedisClient("redis://127.0.0.1:1/0", min_size=0, max_size=1, timeout=0.3)
-    with pytest.raises(RedisUnavailable):
-        await client.run(lambda c: c.ping())
+    with pytest.raises(RedisUnavailable, match="cannot connect"):
+        await client.execute("PING")
+    assert client.stats()["inUse"] == 0
 
 
-async def test_deadline_returns_early_and_the_connection_comes_back(redis_url: str) -> None:
-    """Conformance of the thread strategy: the caller returns at its deadline; the
-    abandoned thread finishes its call (bounded by the socket timeout) and returns the
-    connection and the limiter token."""
-    client = RedisClient(redis_url, min_size=0, max_size=1, timeout=3.0)
-    start = trio.current_time()
-    with pytest.raises(RedisUnavailable):
-        await client.run(lambda c: c.blpop(["never-filled"], timeout=1), timeout=0.2)
-    assert trio.current_time() - start < 0.9  # well before the 1 s BLPOP ends
-    with trio.fail_after(5):
-        while client.stats()["inUse"]:
-            await trio.sleep(0.05)
-    assert await client.run(lambda c: c.ping()) is True  # the only connection is usable
+async def test_select_database_from_the_url(redis_url: str) -> None:
+    base = redis_url + ("&" if "?" in redis_url else "?")
+    url = base + "db=3" if redis_url.startswith("unix:") else redis_url.rstrip("/0") + "/3"
+    client = RedisClient(url, min_size=0)
+    await client.execute("SET", "in-db-3", "x")
+    other = RedisClient(redis_url, min_size=0)
+    assert await other.execute("GET", "in-db-3") is None
     await client.close()
+    await other.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://localhost:6380/2", ("localhost", 6380, None, 2, None, None, False)),
+        ("redis://:s3cret@h/0", ("h", 6379, None, 0, None, "s3cret", False)),
+        ("rediss://u:p@h:1", ("h", 1, None, 0, "u", "p", True)),
+        ("unix:///tmp/r.sock?db=4", (None, 0, "/tmp/r.sock", 4, None, None, False)),
+    ],
+)
+def test_url_parsing(url: str, expected: tuple[object, ...]) -> None:
+    a = RedisAddress.parse(url)
+    assert (a.host, a.port, a.path, a.db, a.username, a.password, a.tls) == expected
