@@ -36,7 +36,7 @@ from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
 from enrich.supervisor import Supervisor
 from enrich.twilio_rest import TwilioSender
-from enrich.web import health, performance, webhook
+from enrich.web import health, performance, phone_api, webhook
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ def create_app(
     app.register_blueprint(performance.bp)
     if role in ("all", "web"):
         app.register_blueprint(webhook.bp)
+        app.register_blueprint(phone_api.bp)
 
     supervisor = Supervisor(state, notifier)
     state.extras["supervisor"] = supervisor

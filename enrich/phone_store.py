@@ -239,3 +239,35 @@ async def unlink_phone(pool: ConnectionPool, user_id: uuid.UUID) -> str | None:
         )
         row = await cur.fetchone()
     return str(row[0]) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedData:
+    phone: str | None
+    items: int
+    messages: int
+
+
+async def delete_account_data(pool: ConnectionPool, user_id: uuid.UUID) -> DeletedData:
+    """Erase everything stored for ``user_id`` in one transaction: the phone link, the
+    enrichment items, the inbound messages and any replies still queued to the number."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM user_phone_numbers WHERE user_id = %s RETURNING phone_number",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+        phone = str(row[0]) if row else None
+        cur = await conn.execute("DELETE FROM enrichment_items WHERE user_id = %s", (user_id,))
+        items = cur.rowcount
+        cur = await conn.execute(
+            "DELETE FROM inbound_messages WHERE user_id = %s RETURNING message_sid", (user_id,)
+        )
+        sids = [r[0] for r in await cur.fetchall()]
+        if sids:
+            await conn.execute("DELETE FROM notifications WHERE message_sid = ANY(%s)", (sids,))
+        if phone is not None:
+            await conn.execute(
+                "DELETE FROM notifications WHERE to_number = %s AND status <> 'sent'", (phone,)
+            )
+    return DeletedData(phone=phone, items=items, messages=len(sids))

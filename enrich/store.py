@@ -365,7 +365,10 @@ async def mark_sent(pool: ConnectionPool, note: Notification, provider_sid: str)
             """
             UPDATE notifications
             SET status = 'sent', provider_sid = %s, sent_at = now(), last_error = NULL,
-                lease_owner = NULL, lease_expires_at = NULL
+                lease_owner = NULL, lease_expires_at = NULL,
+                -- a sent verification code has no business staying readable
+                body = CASE WHEN kind = 'verification' THEN '[verification code sent]'
+                            ELSE body END
             WHERE id = %s
             """,
             (provider_sid, note.id),

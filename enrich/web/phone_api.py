@@ -27,7 +27,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import redis
 from quart import Blueprint, Response, abort, current_app, jsonify, request
 
 from enrich import invalidation
@@ -46,8 +45,15 @@ from enrich.core.verification import (
     is_valid_code_format,
     verify_jwt,
 )
-from enrich.phone_store import check_code, get_phone, request_code, unlink_phone
+from enrich.phone_store import (
+    check_code,
+    delete_account_data,
+    get_phone,
+    request_code,
+    unlink_phone,
+)
 from enrich.redis_client import RedisUnavailable
+from enrich.resp import RespError
 from enrich.state import AppState, get_state
 
 log = logging.getLogger(__name__)
@@ -175,7 +181,7 @@ async def _invalidate(state: AppState, phone: str) -> None:
     state.ingest.invalidate(phone)
     try:
         await invalidation.publish(state.services.redis, phone)
-    except (RedisUnavailable, redis.RedisError) as exc:
+    except (RedisUnavailable, RespError) as exc:
         log.warning("could not publish cache invalidation",
                     extra={"to": mask_phone(phone), "error": type(exc).__name__})
 
@@ -285,3 +291,21 @@ async def unlink_number() -> Response:
     await _invalidate(state, phone)
     log.info("phone number unlinked", extra={"user_id": str(user_id), "to": mask_phone(phone)})
     return _ok({"phoneNumber": phone, "unlinked": True})
+
+
+@bp.delete("/api/user/data")
+async def delete_account_data_route() -> Response:
+    """Account data deletion: the link, items, messages and queued replies, at once.
+
+    Every process stops routing the number immediately (local invalidation plus the
+    Redis broadcast), so no cached lookup keeps sending it to the former owner.
+    """
+    state, _, user_id = _authenticate()
+    deleted = await delete_account_data(state.services.db, user_id)
+    if deleted.phone is not None:
+        await _invalidate(state, deleted.phone)
+    log.info("account data deleted",
+             extra={"user_id": str(user_id), "items": deleted.items,
+                    "messages": deleted.messages})
+    return _ok({"deleted": True, "items": deleted.items, "messages": deleted.messages,
+                "phoneNumber": deleted.phone})
