@@ -81,6 +81,20 @@ def _optional_text(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _secret(min_length: int) -> Callable[[str], str | None]:
+    """Unset is allowed (the feature is off); a short secret is refused, not warned about."""
+
+    def parse(raw: str) -> str | None:
+        value = raw.strip()
+        if not value:
+            return None
+        if len(value) < min_length:
+            raise ValueError(f"a secret of at least {min_length} characters (or unset)")
+        return value
+
+    return parse
+
+
 def _url(*schemes: str) -> Callable[[str], str | None]:
     def parse(raw: str) -> str | None:
         value = raw.strip()
@@ -314,14 +328,14 @@ class Settings:
     )
     jwt_secret: str | None = _var(
         "JWT_SECRET",
-        _optional_text,
+        _secret(32),
         "",
         "HS256 secret for the user phone-number API. Unset: that API is disabled.",
         secret=True,
     )
     admin_token: str | None = _var(
         "ADMIN_TOKEN",
-        _optional_text,
+        _secret(16),
         "",
         "Bearer token for /api/sms/performance/*. Unset: those routes answer 404.",
         secret=True,

@@ -46,6 +46,8 @@ def test_urls_set_means_not_local_mode() -> None:
         ("DATABASE_URL", "mysql://x", "postgresql://"),
         ("PUBLIC_URL", "sms.example.com", "http://"),
         ("STT_ENGINE", "watson", "one of auto, google, local, none"),
+        ("JWT_SECRET", "short", "at least 32 characters"),
+        ("ADMIN_TOKEN", "abc", "at least 16 characters"),
     ],
 )
 def test_bad_value_names_the_variable_and_what_is_allowed(
