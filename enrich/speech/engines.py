@@ -1,0 +1,490 @@
+"""Speech-to-text engines behind one small interface, chosen by STT_ENGINE.
+
+- :class:`GoogleEngine`: the google-cloud-speech v1 *sync* client, called in a worker
+  thread behind the speech limiter (SPEECH_POOL_MAX). A trio deadline cannot interrupt a
+  thread, so every call carries gRPC's own ``timeout=`` taken from the remaining trio
+  deadline (capped by SPEECH_TIMEOUT_MS), and ``retry=None``: the library's default
+  retry may run for up to 5000 s. Retrying is done here instead, bounded (3 attempts,
+  short backoff, retryable codes only, never past the deadline), and every attempt
+  goes through a :class:`~enrich.speech.breaker.CircuitBreaker` that stops calling a
+  failing service and probes it again after a cooldown.
+
+  Audio is sent the way Google accepts it (DESIGN.md §5): AMR-NB files as ``AMR`` at
+  8000 Hz, AMR-WB as ``AMR_WB`` at 16000 Hz, Ogg/Opus as ``OGG_OPUS`` at the stream's
+  rate; everything else (AAC/M4A, MP3, 3GP, WAV, WebM, video soundtracks) is decoded
+  with PyAV to 16 kHz mono ``LINEAR16``. Notes longer than :data:`CHUNK_SECONDS` are
+  always sent as LINEAR16 chunks of at most that length (Google's sync ``recognize``
+  takes at most 60 s), one call per chunk, and the texts joined.
+
+- :class:`LocalEngine`: pocketsphinx (``pip install enrich[local-speech]``), whose model
+  ships inside the wheel: offline, lower quality, CPU-bound in a worker thread.
+- :class:`NoEngine`: no transcription; voice notes are stored as media items with
+  "transcription unavailable".
+
+:func:`build_engine` picks one: ``google`` when Google credentials are configured (or a
+loopback SPEECH_ENDPOINT points at a local fake), else ``local`` when pocketsphinx is
+installed, else ``none``.
+
+Every engine first decodes the whole note (which also proves it is audio): input that
+is not decodable raises :class:`UndecodableAudio` (permanent); a service that is slow,
+down, overloaded or behind an open breaker raises :class:`SpeechUnavailable`
+(recoverable).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import trio
+
+from enrich.config import Settings
+from enrich.media.audio import AudioDecodeError, decode_to_pcm16, split_pcm
+from enrich.media.sniff import MediaKind
+from enrich.pipeline.errors import PermanentError, RecoverableError
+from enrich.speech.breaker import CircuitBreaker
+from enrich.twilio_rest import limiter_stats
+
+__all__ = [
+    "CHUNK_SECONDS",
+    "EngineName",
+    "GoogleEngine",
+    "LocalEngine",
+    "NoEngine",
+    "SpeechEngine",
+    "SpeechRejected",
+    "SpeechUnavailable",
+    "Transcript",
+    "UndecodableAudio",
+    "build_engine",
+    "google_credentials_configured",
+    "is_loopback_endpoint",
+    "prepare_google_audio",
+    "select_engine_name",
+]
+
+log = logging.getLogger(__name__)
+
+EngineName = Literal["google", "local", "none"]
+
+#: Longest piece of audio sent in one recognize call (Google's limit is 60 s).
+CHUNK_SECONDS: Final = 55.0
+#: Longest note transcribed at all; the rest is ignored (an MMS of 5 MB of AMR-NB
+#: could otherwise hold almost an hour of audio).
+MAX_AUDIO_SECONDS: Final = 600.0
+_PCM_RATE: Final = 16000
+_OPUS_RATES: Final = frozenset({8000, 12000, 16000, 24000, 48000})
+_UNDECODABLE_TEXT: Final = "Sorry, we couldn't play your audio file."
+_TRY_LATER_TEXT: Final = (
+    "Sorry, we couldn't transcribe your voice note right now. Please send it again later."
+)
+
+
+# -- errors and results ------------------------------------------------------------------
+
+
+class SpeechUnavailable(RecoverableError):
+    """The speech service timed out, failed, is overloaded, or its breaker is open."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, user_message=_TRY_LATER_TEXT)
+
+
+class SpeechRejected(PermanentError):
+    """The service refused this audio (INVALID_ARGUMENT and the like)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, user_message=_UNDECODABLE_TEXT)
+
+
+class UndecodableAudio(PermanentError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, user_message=_UNDECODABLE_TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """What an engine heard. ``text`` is ``""`` when it recognised no speech."""
+
+    text: str
+    engine: EngineName
+    audio_seconds: float
+
+
+class SpeechEngine(Protocol):
+    name: EngineName
+
+    async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
+        """The note's transcript; None when this engine does not transcribe at all."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- shared decoding -----------------------------------------------------------------------
+
+
+async def _decode(path: Path, limiter: trio.CapacityLimiter) -> bytes:
+    """16 kHz mono PCM of the note's first audio stream, in a worker thread."""
+    try:
+        return await trio.to_thread.run_sync(
+            partial(decode_to_pcm16, path, sample_rate=_PCM_RATE, max_seconds=MAX_AUDIO_SECONDS),
+            limiter=limiter,
+        )
+    except AudioDecodeError as exc:
+        raise UndecodableAudio(str(exc)) from None
+
+
+def _seconds(pcm: bytes) -> float:
+    return len(pcm) / (2 * _PCM_RATE)
+
+
+# -- none ----------------------------------------------------------------------------------
+
+
+class NoEngine:
+    """STT_ENGINE=none: voice notes are kept as media items, untranscribed."""
+
+    name: EngineName = "none"
+
+    async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name}
+
+    async def aclose(self) -> None:
+        return None
+
+
+# -- google ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleAudio:
+    """One recognize call's audio: ``encoding`` is a RecognitionConfig.AudioEncoding name."""
+
+    content: bytes
+    encoding: str
+    sample_rate_hertz: int
+
+
+def opus_input_rate(head: bytes) -> int | None:
+    """The input sample rate in an Ogg/Opus file's OpusHead packet (first page)."""
+    if len(head) < 27 or not head.startswith(b"OggS"):
+        return None
+    start = 27 + head[26]
+    packet = head[start : start + 19]
+    if len(packet) < 16 or not packet.startswith(b"OpusHead"):
+        return None
+    return int.from_bytes(packet[12:16], "little")
+
+
+def prepare_google_audio(data: bytes, kind: MediaKind, pcm: bytes) -> list[GoogleAudio]:
+    """The recognize calls for one note (pure): native encoding when Google takes the
+    format and the note fits one call, else 16 kHz LINEAR16 chunks of ``pcm``."""
+    if _seconds(pcm) <= CHUNK_SECONDS:
+        if kind.format == "amr":
+            return [GoogleAudio(data, "AMR", 8000)]
+        if kind.format == "amr-wb":
+            return [GoogleAudio(data, "AMR_WB", 16000)]
+        if kind.format == "ogg-opus":
+            rate = opus_input_rate(data[:512])
+            return [GoogleAudio(data, "OGG_OPUS", rate if rate in _OPUS_RATES else 48000)]
+    return [GoogleAudio(chunk, "LINEAR16", _PCM_RATE) for chunk in split_pcm(pcm, _PCM_RATE,
+                                                                            CHUNK_SECONDS)]
+
+
+# gRPC status names: worth another try (the service's trouble) or not (ours).
+_RETRYABLE: Final = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "ABORTED", "UNKNOWN"}
+)
+
+
+def _status_name(exc: BaseException) -> str:
+    code = getattr(exc, "grpc_status_code", None)
+    if code is None and hasattr(exc, "code") and callable(exc.code):
+        try:
+            code = exc.code()
+        except Exception:
+            code = None
+    name = getattr(code, "name", None)
+    return str(name) if name else type(exc).__name__
+
+
+class GoogleEngine:
+    """Google Speech-to-Text v1 ``recognize`` through the sync client in threads."""
+
+    name: EngineName = "google"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        language: str,
+        limiter: trio.CapacityLimiter,
+        timeout_s: float,
+        breaker: CircuitBreaker | None = None,
+        attempts: int = 3,
+        backoff_s: float = 0.25,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self._client = client
+        self.language = language
+        self.limiter = limiter
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker(clock=trio.current_time)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings, limiter: trio.CapacityLimiter) -> GoogleEngine:
+        return cls(
+            make_speech_client(settings.speech_endpoint),
+            language=settings.speech_language,
+            limiter=limiter,
+            timeout_s=settings.speech_timeout_ms / 1000,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name, **limiter_stats(self.limiter),
+                "breaker": self.breaker.stats().to_dict()}
+
+    async def aclose(self) -> None:
+        transport = getattr(self._client, "transport", None)
+        if transport is not None:
+            await trio.to_thread.run_sync(transport.close)
+
+    async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
+        pcm = await _decode(path, self.limiter)
+        data = await trio.to_thread.run_sync(path.read_bytes) if kind.format in (
+            "amr", "amr-wb", "ogg-opus") else b""
+        texts = []
+        for audio in prepare_google_audio(data, kind, pcm):
+            text = await self._recognize(audio)
+            if text:
+                texts.append(text)
+        return Transcript(" ".join(texts), self.name, _seconds(pcm))
+
+    async def _recognize(self, audio: GoogleAudio) -> str:
+        for attempt in range(1, self.attempts + 1):
+            timeout = self._call_timeout()
+            if not self.breaker.allow():
+                raise SpeechUnavailable("speech breaker open")
+            try:
+                text = await trio.to_thread.run_sync(
+                    partial(self._call, audio, timeout), limiter=self.limiter,
+                    abandon_on_cancel=True,
+                )
+            except trio.Cancelled:
+                self.breaker.record_abandoned()
+                raise
+            except Exception as exc:
+                status = _status_name(exc)
+                if status not in _RETRYABLE:
+                    # The service answered, and said no: it is healthy, the audio is not.
+                    self.breaker.record_success()
+                    raise SpeechRejected(f"speech refused the audio: {status}") from None
+                self.breaker.record_failure()
+                if attempt == self.attempts or self._call_timeout() <= self.backoff_s:
+                    raise SpeechUnavailable(f"speech failed: {status}") from None
+                await trio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                continue
+            self.breaker.record_success()
+            return text
+        raise AssertionError("unreachable")
+
+    def _call_timeout(self) -> float:
+        """The per-call gRPC deadline: SPEECH_TIMEOUT_MS, never past the trio deadline."""
+        remaining = trio.current_effective_deadline() - trio.current_time()
+        timeout = min(self.timeout_s, remaining)
+        if timeout <= 0:
+            raise SpeechUnavailable("no time left for speech recognition")
+        return timeout
+
+    def _call(self, audio: GoogleAudio, timeout: float) -> str:
+        from google.cloud.speech_v1 import RecognitionAudio, RecognitionConfig
+
+        config = RecognitionConfig(
+            encoding=RecognitionConfig.AudioEncoding[audio.encoding],  # type: ignore[misc]
+            sample_rate_hertz=audio.sample_rate_hertz,
+            audio_channel_count=1,
+            language_code=self.language,
+            enable_automatic_punctuation=True,
+        )
+        response = self._client.recognize(
+            config=config,
+            audio=RecognitionAudio(content=audio.content),
+            timeout=timeout,
+            retry=None,  # bounded retries are ours (see _recognize)
+        )
+        parts = [r.alternatives[0].transcript.strip() for r in response.results if r.alternatives]
+        return " ".join(p for p in parts if p)
+
+
+def make_speech_client(endpoint: str | None) -> Any:
+    """The sync SpeechClient: plain-text gRPC to a loopback endpoint (a fake), else TLS
+    with Google's usual credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud ADC, the
+    metadata server)."""
+    from google.cloud.speech_v1 import SpeechClient
+    from google.cloud.speech_v1.services.speech.transports import SpeechGrpcTransport
+
+    if endpoint and is_loopback_endpoint(endpoint):
+        import grpc
+
+        channel = grpc.insecure_channel(endpoint)
+        return SpeechClient(transport=SpeechGrpcTransport(channel=channel))
+    options = {"api_endpoint": endpoint} if endpoint else None
+    return SpeechClient(client_options=options)
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """``127.0.0.1:50051``, ``[::1]:50051``, ``localhost:50051`` -> True."""
+    host = endpoint.strip()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    else:
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- local (pocketsphinx) ------------------------------------------------------------------
+
+
+class LocalEngine:
+    """Offline pocketsphinx. Decoders are not thread-safe and take ~0.4 s to load, so
+    idle ones are kept for reuse, one per concurrent transcription at most; each note
+    gets a fresh utterance (and its cepstral mean re-estimated from its own audio)."""
+
+    name: EngineName = "local"
+
+    def __init__(self, *, limiter: trio.CapacityLimiter) -> None:
+        import pocketsphinx  # noqa: F401  (fail at start, not at the first voice note)
+
+        self.limiter = limiter
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name, **limiter_stats(self.limiter)}
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+    async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
+        pcm = await _decode(path, self.limiter)
+        text = await trio.to_thread.run_sync(self._recognize, pcm, limiter=self.limiter)
+        return Transcript(text, self.name, _seconds(pcm))
+
+    def _recognize(self, pcm: bytes) -> str:
+        decoder = self._take()
+        try:
+            texts = []
+            for chunk in split_pcm(pcm, _PCM_RATE, CHUNK_SECONDS):
+                decoder.start_utt()
+                decoder.process_raw(chunk, full_utt=True)
+                decoder.end_utt()
+                hyp = decoder.hyp()
+                if hyp is not None and hyp.hypstr.strip():
+                    texts.append(hyp.hypstr.strip())
+            return " ".join(texts)
+        finally:
+            with self._lock:
+                self._idle.append(decoder)
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        from pocketsphinx import Decoder
+
+        # A fresh decoder per note would re-learn the cepstral mean from scratch every
+        # time (~0.4 s of loading): measured, reuse changes the transcripts less than
+        # it costs. The limiter bounds how many exist.
+        return Decoder(samprate=_PCM_RATE, logfn=os.devnull)
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def google_credentials_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Are Google credentials configured in one of the usual file-based ways?
+
+    GOOGLE_APPLICATION_CREDENTIALS naming an existing file, or the gcloud
+    application-default credentials file. The metadata server (GCE, Cloud Run) is not
+    probed, since probing means a network call at start: set STT_ENGINE=google there.
+    """
+    source = os.environ if env is None else env
+    explicit = source.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip()
+    if explicit:
+        return Path(explicit).expanduser().is_file()
+    config_dir = source.get("CLOUDSDK_CONFIG") or str(
+        Path(source.get("HOME", str(Path.home()))) / ".config" / "gcloud"
+    )
+    return (Path(config_dir) / "application_default_credentials.json").is_file()
+
+
+def pocketsphinx_installed() -> bool:
+    return importlib.util.find_spec("pocketsphinx") is not None
+
+
+def select_engine_name(
+    settings: Settings,
+    *,
+    env: Mapping[str, str] | None = None,
+    local_available: Callable[[], bool] = pocketsphinx_installed,
+) -> EngineName:
+    """STT_ENGINE, with ``auto`` resolved (see the module docstring)."""
+    chosen = settings.stt_engine
+    if chosen in ("google", "local", "none"):
+        return chosen  # type: ignore[return-value]
+    endpoint = settings.speech_endpoint
+    if (endpoint and is_loopback_endpoint(endpoint)) or google_credentials_configured(env):
+        return "google"
+    if local_available():
+        return "local"
+    return "none"
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    limiter: trio.CapacityLimiter | None = None,
+    env: Mapping[str, str] | None = None,
+) -> SpeechEngine:
+    """The engine STT_ENGINE selects, sharing one SPEECH_POOL_MAX limiter."""
+    limiter = limiter or trio.CapacityLimiter(settings.speech_pool_max)
+    name = select_engine_name(settings, env=env)
+    started = time.perf_counter()
+    engine: SpeechEngine
+    if name == "google":
+        engine = GoogleEngine.from_settings(settings, limiter)
+    elif name == "local":
+        if not pocketsphinx_installed():
+            raise RuntimeError(
+                "STT_ENGINE=local needs pocketsphinx: pip install 'enrich[local-speech]'"
+            )
+        engine = LocalEngine(limiter=limiter)
+    else:
+        engine = NoEngine()
+    log.info("speech engine ready", extra={"engine": name,
+                                           "ms": round((time.perf_counter() - started) * 1000)})
+    return engine
