@@ -27,6 +27,7 @@ from enrich import invalidation
 from enrich.config import Settings
 from enrich.extraction import Extractor
 from enrich.ingest import Ingest
+from enrich.media.handler import build_media_pipeline
 from enrich.metrics import Metrics
 from enrich.pipeline.outbox import Outbox
 from enrich.pipeline.process import MediaHandler, Processor
@@ -106,6 +107,14 @@ def create_app(
             services.db, sender, metrics,
             owner=f"{settings.effective_instance_id}/{secrets.token_hex(4)}",
         )
+        if media is None and processor is None and settings.twilio_account_sid:
+            pipeline = build_media_pipeline(settings, metrics, extractor=extractor)
+            state.limiters["mediaDownloads"] = pipeline.fetcher.stats
+            state.limiters["speech"] = pipeline.speech_stats
+            state.extras["breakers"] = pipeline.breaker_states
+            state.extras["speech_engine"] = pipeline.engine.name
+            state.closers.append(pipeline.aclose)
+            media = pipeline
         state.runner = JobRunner(
             settings, services.db, processor or Processor(extractor, media), metrics,
             on_done=state.outbox.wake,

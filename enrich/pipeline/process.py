@@ -16,6 +16,7 @@ from enrich.extraction import Extractor, ItemRow, default_extractor, summarize, 
 from enrich.store import ItemInsert, Job
 
 NOTHING_FOUND = "Got your message, but found nothing to save from it."
+NO_MEDIA_HANDLER = "Sorry, this server can't fetch attachments right now; only your text was saved."
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,11 @@ class Processor:
                 for row in outcome.rows:
                     rows.append((row, {"origin": "media", "mediaIndex": outcome.index,
                                        **outcome.metadata}))
-                if outcome.problem:
+                if outcome.problem and outcome.problem not in problems:
                     problems.append(outcome.problem)
+        elif job.media:
+            # Never drop attachments silently: the sender hears that only the text counted.
+            problems.append(NO_MEDIA_HANDLER)
         items = tuple(
             ItemInsert(
                 item_index=i,
