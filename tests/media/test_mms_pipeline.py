@@ -161,7 +161,10 @@ AUDIO_FIXTURES = [
     ("note2.mp3", "audio/mpeg", "LINEAR16", 16000),
     ("note2.m4a", "audio/mp4", "LINEAR16", 16000),
     ("note1.wav", "audio/wav", "LINEAR16", 16000),
+    ("note2.3gp", "audio/3gpp", "LINEAR16", 16000),
+    ("note3.webm", "audio/webm", "LINEAR16", 16000),
     ("clip.mp4", "video/mp4", "LINEAR16", 16000),
+    ("clip.mov", "video/quicktime", "LINEAR16", 16000),
 ]
 
 
