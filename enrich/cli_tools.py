@@ -193,7 +193,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     send = sub.add_parser("send", help="post a signed, Twilio-shaped webhook to a server")
     send.add_argument("--from", dest="sender", required=True, help="sender phone number")
     send.add_argument("--body", default="", help="message text")
-    send.add_argument("--media", nargs="*", metavar="FILE", help="files to attach (MMS)")
+    send.add_argument("--media", nargs="+", action="extend", default=[], metavar="FILE",
+                      help="files to attach (MMS); repeat or list several")
     send.add_argument("--url", help="webhook URL (default http://127.0.0.1:PORT/api/sms/webhook)")
     send.add_argument("--media-port", type=int, default=LOCAL_MEDIA_PORT,
                       help=f"port of the local media/Twilio fake (default {LOCAL_MEDIA_PORT})")

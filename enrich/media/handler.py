@@ -223,7 +223,9 @@ class MediaPipeline:
         text = transcript.text.strip()
         if not text:
             return [ItemRow("media", kind.category, f"{what} ({kind.format}), no speech heard")]
-        rows = to_rows(self.extractor.extract(text))
+        # The transcript is kept whole, once, as the note's own row.
+        rows = [r for r in to_rows(self.extractor.extract(text))
+                if not (r.item_type == "note" and r.value == text)]
         rows.append(ItemRow("note", "transcript", text))
         return rows
 
