@@ -20,7 +20,7 @@ from enrich.core.phone import InvalidPhoneNumber, mask_phone, normalize_e164
 from enrich.core.signature import verify_signature
 from enrich.core.twiml import render_message
 from enrich.db.pool import ConnectionPool
-from enrich.ratelimit import RateLimiter, retry_phrase
+from enrich.ratelimit import Decision, RateLimiter, retry_phrase
 from enrich.redis_client import RedisClient, RedisUnavailable
 from enrich.store import Owner, insert_message, lookup_owner, message_status
 
@@ -108,10 +108,11 @@ class Ingest:
         except InvalidPhoneNumber:
             return Answer(Outcome.BAD_REQUEST, 400, None, reason="From is not a phone number")
 
-        previous = await message_status(self.db, msg.message_sid)
-        if previous is not None:
-            return self._replay(msg, previous)
-
+        # Dedupe happens at the INSERT (ON CONFLICT DO NOTHING), not with a SELECT first:
+        # one round trip fewer for every new message. The rate limiter is idempotent per
+        # MessageSid (a SID already in the window is allowed and not counted again), so a
+        # redelivery reaching it changes nothing; the one case where it would count (the
+        # first delivery was rejected and there is room now) is taken back below.
         owner = await self.owner(sender)
         if owner is None:
             return await self._stranger(msg, sender, Outcome.UNKNOWN_SENDER, UNKNOWN_TEXT)
@@ -121,10 +122,12 @@ class Ingest:
         decision = await self.limiter.check(sender, msg.message_sid)
         if not decision.allowed:
             # Recorded (counted, never processed), so a redelivery replays this answer.
-            await insert_message(
+            stored = await insert_message(
                 self.db, msg, from_e164=sender, user_id=owner.user_id, status="rejected",
                 last_error="rate_limited",
             )
+            if stored is None:
+                return await self._redelivery(msg, sender, decision)
             log.info(
                 "rate limited",
                 extra={"message_sid": msg.message_sid, "from": mask_phone(sender),
@@ -135,12 +138,19 @@ class Ingest:
                           message_sid=msg.message_sid)
 
         message_id = await insert_message(self.db, msg, from_e164=sender, user_id=owner.user_id)
-        if message_id is None:  # a concurrent delivery of the same SID won the insert
-            return Answer(Outcome.DUPLICATE, 200, self._ack(), message_sid=msg.message_sid)
+        if message_id is None:  # delivered before (or concurrently, and the other won)
+            return await self._redelivery(msg, sender, decision)
         if self.on_accepted is not None:
             self.on_accepted(message_id)
         return Answer(Outcome.ACCEPTED, 200, self._ack(), message_id=message_id,
                       message_sid=msg.message_sid)
+
+    async def _redelivery(self, msg: InboundMessage, sender: str, decision: Decision) -> Answer:
+        """A MessageSid already stored: answer as the first delivery was answered."""
+        status = await message_status(self.db, msg.message_sid) or "received"
+        if status == "rejected" and decision.added:
+            await self.limiter.uncount(sender, msg.message_sid)
+        return self._replay(msg, status)
 
     def _ack(self) -> str:
         return render_message(self.settings.ack_message or None)

@@ -14,6 +14,7 @@ and a log line say so. It limits per process, which is the best that can be done
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import OrderedDict, deque
@@ -39,16 +40,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 if redis.call('ZSCORE', key, member) then
-  return {1, redis.call('ZCARD', key), 0}
+  return {1, redis.call('ZCARD', key), 0, 0}
 end
 local count = redis.call('ZCARD', key)
 if count >= limit then
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return {0, count, tonumber(oldest[2]) + window - now}
+  return {0, count, tonumber(oldest[2]) + window - now, 0}
 end
 redis.call('ZADD', key, now, member)
 redis.call('PEXPIRE', key, window)
-return {1, count + 1, 0}
+return {1, count + 1, 0, 1}
 """
 
 
@@ -59,6 +60,7 @@ class Decision:
     limit: int
     retry_after_s: float
     source: str  # "redis" | "cache" | "fallback"
+    added: bool = False  # this call counted the message (it was not in the window yet)
 
 
 class SlidingWindow:
@@ -87,6 +89,17 @@ class SlidingWindow:
         events.append((now, member))
         return True, len(events), 0.0
 
+    def counts(self, sender: str, member: str) -> bool:
+        """Is ``member`` in ``sender``'s window (as of the last check)?"""
+        return any(m == member for _, m in self._events.get(sender, ()))
+
+    def uncount(self, sender: str, member: str) -> None:
+        events = self._events.get(sender)
+        if events is not None:
+            kept = [e for e in events if e[1] != member]
+            events.clear()
+            events.extend(kept)
+
 
 class RateLimiter:
     def __init__(self, redis: RedisClient, limit: int, *, key_prefix: str = "enrich:rl:") -> None:
@@ -110,7 +123,7 @@ class RateLimiter:
             self.rejections += 1
             return Decision(False, self.limit, self.limit, blocked_until - now, "cache")
         try:
-            allowed, count, retry_ms = await self._script(
+            allowed, count, retry_ms, added = await self._script(
                 [self.key_prefix + sender], [int(WINDOW_S * 1000), self.limit, message_sid]
             )
         except RedisUnavailable as exc:
@@ -121,14 +134,17 @@ class RateLimiter:
                 )
             self.fallback_engaged = True
             self.fallback_decisions += 1
+            counted = self.fallback.counts(sender, message_sid)
             ok, count, retry_s = self.fallback.check(sender, message_sid, now)
-            decision = Decision(ok, count, self.limit, retry_s, "fallback")
+            decision = Decision(ok, count, self.limit, retry_s, "fallback",
+                                added=ok and not counted)
         else:
             if self.fallback_engaged:
                 log.info("Redis is back: rate limiting in Redis again")
                 self.fallback_engaged = False
             decision = Decision(
-                bool(allowed), int(count), self.limit, int(retry_ms) / 1000, "redis"
+                bool(allowed), int(count), self.limit, int(retry_ms) / 1000, "redis",
+                added=bool(added),
             )
         if not decision.allowed:
             self.rejections += 1
@@ -138,6 +154,14 @@ class RateLimiter:
 
     def forget(self, sender: str) -> None:
         self.status_cache.invalidate(sender)
+
+    async def uncount(self, sender: str, message_sid: str) -> None:
+        """Take back a message this limiter counted (a redelivery of a message that was
+        rejected the first time: it is answered as before and must not use a slot)."""
+        self.fallback.uncount(sender, message_sid)
+        # Redis down: the fallback was counting, and has been corrected above.
+        with contextlib.suppress(RedisUnavailable):
+            await self.redis.execute("ZREM", self.key_prefix + sender, message_sid)
 
 
 def retry_phrase(seconds: float) -> str:

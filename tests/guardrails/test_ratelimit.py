@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import trio
 
+from enrich.app import get_state
 from enrich.cli_tools import build_form
 from enrich.core.signature import compute_signature
 from enrich.embedded import EmbeddedRedis
@@ -173,3 +174,50 @@ async def test_200_concurrent_webhooks_from_one_sender_accept_exactly_the_limit(
         rejected = conn.execute(
             "SELECT count(*) FROM inbound_messages WHERE status = 'rejected'").fetchone()
     assert rejected == (180,)  # recorded, never processed
+
+
+async def test_redelivery_of_a_rejected_message_replays_and_never_uses_a_slot(
+    served: dict[str, Any], database_url: str, redis_url: str
+) -> None:
+    settings = served["settings"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO user_phone_numbers (user_id, phone_number, verified)"
+                     " VALUES (%s, %s, true)", (uuid.uuid4(), SENDER))
+    limit = settings.rate_limit_messages_per_hour
+    async with httpx.AsyncClient(base_url=served["url"], timeout=30) as http:
+
+        async def post(form: list[tuple[str, str]]) -> httpx.Response:
+            r = await http.post("/api/sms/webhook", data=dict(form),
+                                headers={"X-Twilio-Signature": _sign(settings, form)})
+            assert r.status_code == 200
+            return r
+
+        forms = [build_form(account_sid=settings.twilio_account_sid, sender=SENDER,
+                            to="+15550000000", body=f"note {i}", media=[])
+                 for i in range(limit + 1)]
+        for form in forms[:limit]:
+            assert (await post(form)).headers["X-Enrich-Outcome"] == "accepted"
+        first = await post(forms[limit])
+        assert first.headers["X-Enrich-Outcome"] == "rate_limited"
+
+        # Room frees up (one counted message leaves the window), then Twilio redelivers
+        # the rejected message: it is answered as before and takes no slot.
+        counted_sid = dict(forms[0])["MessageSid"]
+        await trio.to_thread.run_sync(_zrem, redis_url, SENDER, counted_sid)
+        get_state(served["app"]).ingest.limiter.forget(SENDER)  # drop the "blocked" memo
+        again = await post(forms[limit])
+        assert again.headers["X-Enrich-Outcome"] == "duplicate"
+        assert "limit of 20 messages per hour" in again.text  # the same refusal again
+        fresh = build_form(account_sid=settings.twilio_account_sid, sender=SENDER,
+                           to="+15550000000", body="a new one", media=[])
+        assert (await post(fresh)).headers["X-Enrich-Outcome"] == "accepted"
+
+
+def _zrem(redis_url: str, sender: str, sid: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.zrem("enrich:rl:" + sender, sid) == 1
+    finally:
+        client.close()
