@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import trio
-from quart import Response, jsonify
+from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -161,6 +161,15 @@ def create_app(
         await services.close()
         log.info("services closed")
 
+    @app.before_request
+    async def read_body_first() -> None:
+        # Answering before the request body has arrived (a 401, 404 or 415 decided from
+        # the headers) leaves hypercorn's keep-alive connection unable to serve the next
+        # request: the client waits for an answer that never comes. Every body is capped
+        # (MAX_CONTENT_LENGTH, BODY_TIMEOUT), so receive it whole first; handlers read it
+        # again from the cache.
+        await request.get_data()
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Any:
         # Always a short JSON reason, never an HTML page or a stack trace.
@@ -168,6 +177,10 @@ def create_app(
             {"success": False, "error": exc.name, "reason": exc.description or exc.name}
         )
         response.status_code = exc.code or 500
+        if response.status_code == 413:
+            # The rest of the body was never read: the connection cannot carry another
+            # request (hypercorn would leave the next one unanswered), so close it.
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(Exception)

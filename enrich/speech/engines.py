@@ -206,10 +206,16 @@ def prepare_google_audio(data: bytes, kind: MediaKind, pcm: bytes) -> list[Googl
                                                                             CHUNK_SECONDS)]
 
 
-# gRPC status names: worth another try (the service's trouble) or not (ours).
+# gRPC status names: worth another try now (the service's passing trouble) ...
 _RETRYABLE: Final = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "ABORTED", "UNKNOWN"}
 )
+# ... or the service refusing *this audio* (permanent for the note, the service is fine).
+# Anything else (UNAUTHENTICATED, PERMISSION_DENIED, CANCELLED by a closing channel, a
+# wrong endpoint's UNIMPLEMENTED/NOT_FOUND, a credentials refresh error raised by the
+# client itself) says nothing about the note: recoverable, not retried at once, and a
+# failure of the service for the breaker.
+_REJECTED: Final = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE"})
 
 
 def _status_name(exc: BaseException) -> str:
@@ -268,6 +274,9 @@ class GoogleEngine:
             await trio.to_thread.run_sync(transport.close)
 
     async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
+        if self.breaker.state == "open":
+            # Fail fast before spending CPU on decoding (reads half-open once cooled).
+            raise SpeechUnavailable("speech breaker open")
         pcm = await _decode(path, self.limiter)
         data = await trio.to_thread.run_sync(path.read_bytes) if kind.format in (
             "amr", "amr-wb", "ogg-opus") else b""
@@ -293,11 +302,14 @@ class GoogleEngine:
                 raise
             except Exception as exc:
                 status = _status_name(exc)
-                if status not in _RETRYABLE:
+                if status in _REJECTED:
                     # The service answered, and said no: it is healthy, the audio is not.
                     self.breaker.record_success()
                     raise SpeechRejected(f"speech refused the audio: {status}") from None
                 self.breaker.record_failure()
+                if status not in _RETRYABLE:
+                    log.warning("speech service refused the call", extra={"status": status})
+                    raise SpeechUnavailable(f"speech failed: {status}") from None
                 if attempt == self.attempts or self._call_timeout() <= self.backoff_s:
                     raise SpeechUnavailable(f"speech failed: {status}") from None
                 await trio.sleep(self.backoff_s * 2 ** (attempt - 1))
