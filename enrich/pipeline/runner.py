@@ -167,11 +167,19 @@ class JobRunner:
         self._send.close()
         self._poke.set()
         with trio.move_on_after(grace_s):
-            while self.in_flight:
-                self._idle = trio.Event()
-                await self._idle.wait()
+            await self._wait_idle()
         if self._jobs_scope is not None:
             self._jobs_scope.cancel()
+        # Cancelled jobs hand their messages back (shielded, at most 2 s each, all at
+        # once): wait for that, or the caller closes the pool under them and the messages
+        # sit until their leases expire.
+        with trio.move_on_after(5):
+            await self._wait_idle()
+
+    async def _wait_idle(self) -> None:
+        while self.in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
 
     # --- one job ----------------------------------------------------------------------
 
