@@ -106,6 +106,8 @@ def create_app(
         state.outbox = Outbox(
             services.db, sender, metrics,
             owner=f"{settings.effective_instance_id}/{secrets.token_hex(4)}",
+            poll_interval_s=settings.outbox_poll_interval_ms / 1000,
+            retry_base_s=settings.outbox_retry_base_ms / 1000,
         )
         if media is None and processor is None and settings.twilio_account_sid:
             pipeline = build_media_pipeline(settings, metrics, extractor=extractor)

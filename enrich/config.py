@@ -407,6 +407,14 @@ class Settings:
     job_retry_base_ms: int = _var(
         "JOB_RETRY_BASE_MS", _int_range(10, 600_000), "2000", "First retry delay; doubles."
     )
+    outbox_retry_base_ms: int = _var(
+        "OUTBOX_RETRY_BASE_MS", _int_range(10, 600_000), "2000",
+        "First retry delay of a reply SMS that failed to send; doubles.",
+    )
+    outbox_poll_interval_ms: int = _var(
+        "OUTBOX_POLL_INTERVAL_MS", _int_range(10, 600_000), "2000",
+        "How often the outbox looks for due replies (new ones wake it at once).",
+    )
     recovery_interval_seconds: float = _var(
         "RECOVERY_INTERVAL_SECONDS",
         _float_range(0.1, 3600),

@@ -15,7 +15,6 @@ from tests.webhook.helpers import (
     OUTCOME,
     SENDER,
     Apps,
-    Running,
     message_form,
     query,
     sid_of,
@@ -28,12 +27,7 @@ BODY = "Met Sarah Johnson at the coffee shop in Portland, she loves hiking"
 REPLY = "Saved 3 items: Sarah Johnson, hiking, Portland"
 
 
-def _quick_outbox(app: Running) -> None:
-    """Retry replies in milliseconds instead of seconds (the outbox's own knobs)."""
-    outbox = app.state.outbox
-    assert outbox is not None
-    outbox.retry_base_s = 0.05
-    outbox.poll_interval_s = 0.05
+QUICK_OUTBOX = {"OUTBOX_RETRY_BASE_MS": "50", "OUTBOX_POLL_INTERVAL_MS": "50"}
 
 
 def _messages_posts(fake: FakeTwilio) -> list[int]:
@@ -81,8 +75,8 @@ async def test_sms_becomes_pending_items_and_one_confirmation(
 async def test_confirmation_is_retried_through_twilio_errors_and_sent_once(
     apps: Apps, http: httpx.AsyncClient, fake_twilio: FakeTwilio
 ) -> None:
-    app = await apps.start()
-    _quick_outbox(app)
+    app = await apps.start(settings=apps.settings(**QUICK_OUTBOX))
+    assert app.state.outbox is not None and app.state.outbox.retry_base_s == 0.05
     await app.link()
     fake_twilio.fail_next_sends(2)  # Twilio answers 500 twice
     form = message_form(BODY)
@@ -109,8 +103,8 @@ async def test_confirmation_is_retried_through_twilio_errors_and_sent_once(
 async def test_a_permanent_twilio_refusal_is_not_retried(
     apps: Apps, http: httpx.AsyncClient, fake_twilio: FakeTwilio
 ) -> None:
-    app = await apps.start()
-    _quick_outbox(app)
+    app = await apps.start(settings=apps.settings(**QUICK_OUTBOX))
+    assert app.state.outbox is not None and app.state.outbox.retry_base_s == 0.05
     await app.link()
     fake_twilio.fail_next_sends(1, 400, code=21211, message="Invalid 'To' Phone Number")
     form = message_form(BODY)
