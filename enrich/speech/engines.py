@@ -403,7 +403,12 @@ class LocalEngine:
 
     async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
         pcm = await _decode(path, self.limiter)
-        text = await trio.to_thread.run_sync(self._recognize, pcm, limiter=self.limiter)
+        # A long note is minutes of CPU: on cancellation (a deadline, a shutdown) the
+        # caller returns at once and the abandoned thread stops at its next chunk; it
+        # keeps its limiter slot until then, so concurrency stays bounded.
+        text = await trio.to_thread.run_sync(
+            self._recognize, pcm, limiter=self.limiter, abandon_on_cancel=True
+        )
         return Transcript(text, self.name, _seconds(pcm))
 
     def _recognize(self, pcm: bytes) -> str:
@@ -411,6 +416,7 @@ class LocalEngine:
         try:
             texts = []
             for chunk in split_pcm(pcm, _PCM_RATE, CHUNK_SECONDS):
+                trio.from_thread.check_cancelled()  # between utterances: decoder stays clean
                 decoder.start_utt()
                 decoder.process_raw(chunk, full_utt=True)
                 decoder.end_utt()
