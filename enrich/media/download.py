@@ -76,6 +76,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Bytes gathered before one write to the temp file (bounds memory per download).
+WRITE_BATCH: Final = 256 * 1024
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _UNAVAILABLE_TEXT: Final = "Sorry, we couldn't download your file."
 _TRY_LATER_TEXT: Final = (
@@ -273,6 +275,7 @@ class MediaFetcher:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self.limiter = trio.CapacityLimiter(concurrency)
+        self._dir_ready = False
         self._auth = httpx.BasicAuth(account_sid, auth_token) if auth_token else None
         limits = httpx.Limits(
             max_connections=concurrency, max_keepalive_connections=concurrency
@@ -302,7 +305,9 @@ class MediaFetcher:
         try:
             try:
                 async with self.limiter:
-                    await trio.to_thread.run_sync(_make_dir, directory)
+                    if not self._dir_ready:
+                        await trio.to_thread.run_sync(_make_dir, directory)
+                        self._dir_ready = True
                     media = await self._fetch(url, path)
             except (MediaTooLarge, MediaTimeout, MediaUnreachable, MediaRefused,
                     MediaUnavailable) as exc:
@@ -351,14 +356,30 @@ class MediaFetcher:
             raise MediaTooLarge(self.max_bytes, declared=True)
         size = 0
         head = bytearray()
-        async with await trio.open_file(path, "wb") as out:
+        # Chunks are gathered up to WRITE_BATCH bytes per write: every write is a hop to a
+        # worker thread, and an MMS item is mostly a few small network reads.
+        pending: list[bytes] = []
+        pending_bytes = 0
+        try:
+            out = await trio.open_file(path, "wb")
+        except FileNotFoundError:  # the directory was swept away: make it again
+            await trio.to_thread.run_sync(_make_dir, path.parent)
+            out = await trio.open_file(path, "wb")
+        async with out:
             async for chunk in response.aiter_raw():
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise MediaTooLarge(self.max_bytes, declared=False)
                 if len(head) < SNIFF_BYTES:
                     head += chunk[: SNIFF_BYTES - len(head)]
-                await out.write(chunk)
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= WRITE_BATCH:
+                    await out.write(b"".join(pending))
+                    pending.clear()
+                    pending_bytes = 0
+            if pending:
+                await out.write(b"".join(pending))
         content_type = response.headers.get("content-type")
         return DownloadedMedia(path, size, bytes(head), content_type, redirects)
 

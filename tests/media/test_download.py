@@ -10,6 +10,7 @@ generous hang guards (``trio.fail_after``) that only stop a broken run from hang
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -175,6 +176,24 @@ async def test_empty_item(harness: Harness) -> None:
     media, on_disk, existed = await fetch(harness.fetcher(), url)
     assert existed
     assert (media.size, media.head, on_disk) == (0, b"", b"")
+
+
+async def test_large_item_written_in_batches_is_byte_exact(harness: Harness) -> None:
+    data = payload(3 * 256 * 1024 + 12345)  # several write batches and a partial one
+    url = harness.fake.add_media(None, data, "video/mp4")
+    media, on_disk, _ = await fetch(harness.fetcher(max_bytes=4 * MIB), url)
+    assert (media.size, on_disk) == (len(data), data)
+
+
+async def test_temp_directory_swept_away_between_downloads(harness: Harness) -> None:
+    fetcher = harness.fetcher()
+    first = harness.fake.add_media(None, payload(100), "image/png")
+    await fetch(fetcher, first)
+    shutil.rmtree(harness.temp_dir)  # e.g. an operator's cleanup while we run
+    second = harness.fake.add_media(None, payload(200), "image/png")
+    _, on_disk, _ = await fetch(fetcher, second)
+    assert on_disk == payload(200)
+    assert harness.temp_files() == []
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
