@@ -166,11 +166,21 @@ async def due_message_ids(pool: ConnectionPool, limit: int) -> list[int]:
 async def claim_message(
     pool: ConnectionPool, message_id: int, owner: str, lease_s: float
 ) -> Job | None:
-    """Take the lease on one message if it is due and nobody holds a live lease.
+    """Take the lease on one message (see :func:`claim_messages`)."""
+    jobs = await claim_messages(pool, [message_id], owner, lease_s)
+    return jobs[0] if jobs else None
 
-    ``next_attempt_at`` doubles as the lease expiry while processing, so one partial
-    index serves new work, due retries and expired leases alike. SKIP LOCKED lets
-    several processes race for the same row without waiting on each other.
+
+async def claim_messages(
+    pool: ConnectionPool, message_ids: Sequence[int], owner: str, lease_s: float
+) -> list[Job]:
+    """Take the lease on each of these messages that is due and has no live lease.
+
+    One statement for the whole batch: the runner claims what arrived while its previous
+    claim was in flight, so claims never become a serial bottleneck. ``next_attempt_at``
+    doubles as the lease expiry while processing, so one partial index serves new work,
+    due retries and expired leases alike. SKIP LOCKED lets several processes race for the
+    same rows without waiting on each other.
     """
     async with pool.connection() as conn:
         cur = await conn.execute(
@@ -181,7 +191,7 @@ async def claim_message(
                 next_attempt_at = now() + make_interval(secs => %s), updated_at = now()
             FROM (
                 SELECT id FROM inbound_messages
-                WHERE id = %s AND status IN ('received', 'processing')
+                WHERE id = ANY(%s) AND status IN ('received', 'processing')
                   AND next_attempt_at <= now()
                 FOR UPDATE SKIP LOCKED
             ) due
@@ -189,11 +199,11 @@ async def claim_message(
             RETURNING m.id, m.message_sid, m.user_id, m.from_number, m.body, m.media,
                       m.attempts, m.received_at
             """,
-            (owner, lease_s, lease_s, message_id),
+            (owner, lease_s, lease_s, list(message_ids)),
             prepare=True,
         )
-        row = await cur.fetchone()
-    return _job(row) if row else None
+        rows = await cur.fetchall()
+    return [_job(row) for row in rows]
 
 
 async def extend_lease(pool: ConnectionPool, job: Job, owner: str, lease_s: float) -> bool:

@@ -42,7 +42,7 @@ from enrich.pipeline.process import Processor
 from enrich.store import (
     Job,
     LeaseLost,
-    claim_message,
+    claim_messages,
     complete_message,
     due_message_ids,
     extend_lease,
@@ -52,6 +52,9 @@ from enrich.store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Most messages claimed in one statement.
+CLAIM_BATCH = 64
 
 FAILURE_TEXT = (
     "Sorry, we couldn't process your message. Please try sending it again later."
@@ -89,6 +92,7 @@ class JobRunner:
         self._accepting = True
         self._poke = trio.Event()
         self.in_flight = 0
+        self.claim_rounds = 0  # claim statements sent (each claims a batch)
         self._idle = trio.Event()
 
     # --- feeding --------------------------------------------------------------------
@@ -144,22 +148,57 @@ class JobRunner:
             await self._send.send(message_id)
 
     async def _dispatch(self, jobs: trio.Nursery) -> None:
+        """Claim hinted messages in batches and start one job per claimed message.
+
+        Each round waits for one hint and one free slot, then takes every further hint
+        that has a free slot too, and claims them all in one statement. The batch is
+        whatever arrived while the previous claim was in flight, so the dispatcher keeps
+        up however slow a round trip gets (a claim per message would cap throughput at
+        one message per round trip).
+        """
         async with self._recv:
-            async for message_id in self._recv:
-                if not self._accepting:
-                    break
-                token = object()
-                await self.limiter.acquire_on_behalf_of(token)
+            while True:
                 try:
-                    job = await claim_message(self.db, message_id, self.owner, self.lease_s)
+                    first = await self._recv.receive()
+                except trio.EndOfChannel:
+                    break
+                batch = [(first, object())]
+                await self.limiter.acquire_on_behalf_of(batch[0][1])
+                while len(batch) < CLAIM_BATCH:
+                    token = object()
+                    try:
+                        self.limiter.acquire_on_behalf_of_nowait(token)
+                    except trio.WouldBlock:
+                        break
+                    try:
+                        batch.append((self._recv.receive_nowait(), token))
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        self.limiter.release_on_behalf_of(token)
+                        break
+                if not self._accepting:
+                    self._give_back(batch)
+                    break
+                self.claim_rounds += 1
+                try:
+                    claimed = await claim_messages(
+                        self.db, [message_id for message_id, _ in batch], self.owner,
+                        self.lease_s,
+                    )
                 except Exception as exc:
                     log.warning("claim failed", extra={"error": type(exc).__name__})
-                    job = None
-                if job is None:
-                    self.limiter.release_on_behalf_of(token)
-                    self._queued.discard(message_id)
-                    continue
-                jobs.start_soon(self._run_job, job, token)
+                    claimed = []
+                by_id = {job.id: job for job in claimed}
+                for message_id, token in batch:
+                    job = by_id.get(message_id)
+                    if job is None:  # done, leased elsewhere, or not due: the row decides
+                        self._give_back([(message_id, token)])
+                    else:
+                        jobs.start_soon(self._run_job, job, token)
+
+    def _give_back(self, batch: list[tuple[int, object]]) -> None:
+        for message_id, token in batch:
+            self.limiter.release_on_behalf_of(token)
+            self._queued.discard(message_id)
 
     async def drain(self, grace_s: float) -> None:
         """Stop claiming; let running jobs finish within ``grace_s``; cancel the rest."""

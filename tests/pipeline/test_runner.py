@@ -341,3 +341,33 @@ async def test_two_workers_share_50_messages_exactly_once(
     await wait_for_sent(fake_twilio, 50, timeout=60)
     await trio.sleep(0.3)
     assert len(fake_twilio.sent_messages) == 50
+
+
+async def test_backlog_is_claimed_in_batches_not_one_round_trip_each(
+    apps: Apps, http: httpx.AsyncClient
+) -> None:
+    web = await apps.start(role="web")
+    await web.link()
+    db = _db(web)
+    sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(40)]
+    settings = apps.settings(PROCESSING_CONCURRENCY="16", RECOVERY_INTERVAL_SECONDS="0.1")
+    pool = await _runner_pool(settings)
+    try:
+        runner = JobRunner(settings, pool, Processor(), Metrics())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await wait_for_status(db, sids, "done")
+            nursery.cancel_scope.cancel()
+        # The poller hands the backlog over at once: 40 messages, 16 slots. One claim per
+        # message would be 40 statements; batches take what has a free slot.
+        assert runner.claim_rounds < 40 / 2
+        [(attempts, messages)] = await query(
+            db, "SELECT max(attempts), count(*) FROM inbound_messages"
+                " WHERE message_sid = ANY(%s) AND status = 'done'", sids)
+        assert (attempts, messages) == (1, 40)  # each claimed once, by one batch
+        [(with_items,)] = await query(
+            db, "SELECT count(DISTINCT message_sid) FROM enrichment_items"
+                " WHERE message_sid = ANY(%s)", sids)
+        assert with_items == 40
+    finally:
+        await pool.close()
