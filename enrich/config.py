@@ -392,6 +392,11 @@ class Settings:
     processing_concurrency: int = _var(
         "PROCESSING_CONCURRENCY", _int_range(1, 1000), "16", "Messages processed at once."
     )
+    processing_target_lag_ms: float = _var(
+        "PROCESSING_TARGET_LAG_MS", _float_range(0, 10_000), "5",
+        "Acks first: when the event loop runs later than this, fewer messages are "
+        "processed at once (down to 1) until it catches up; 0 disables.",
+    )
     job_queue_size: int = _var(
         "JOB_QUEUE_SIZE", _int_range(1, 100_000), "256", "Jobs buffered in memory."
     )

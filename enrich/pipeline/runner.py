@@ -28,12 +28,13 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import trio
 
 from enrich.config import Settings
+from enrich.core.pacing import AdaptiveLimit
 from enrich.core.phone import mask_phone
 from enrich.db.pool import ConnectionPool
 from enrich.metrics import Metrics
@@ -61,6 +62,17 @@ FAILURE_TEXT = (
 )
 
 
+#: How long the lag probe asks to sleep; the overshoot is the loop's lag.
+LAG_PROBE_S = 0.01
+
+
+async def measure_lag() -> float:
+    """How much later than asked a short sleep wakes: the event loop's congestion."""
+    asked = trio.current_time() + LAG_PROBE_S
+    await trio.sleep_until(asked)
+    return max(0.0, trio.current_time() - asked)
+
+
 def backoff_delay(attempt: int, base_s: float, cap_s: float = 600.0) -> float:
     """Exponential backoff: base, 2*base, 4*base, ... capped (attempt counts from 1)."""
     return float(min(cap_s, base_s * math.pow(2, max(attempt - 1, 0))))
@@ -75,6 +87,7 @@ class JobRunner:
         metrics: Metrics,
         *,
         on_done: Callable[[], None] | None = None,
+        lag_probe: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -86,6 +99,9 @@ class JobRunner:
         self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
+        self.pacing = AdaptiveLimit(1, settings.processing_concurrency,
+                                    settings.processing_target_lag_ms / 1000)
+        self._lag_probe = lag_probe or measure_lag
         self._send, self._recv = trio.open_memory_channel[int](settings.job_queue_size)
         self._queued: set[int] = set()  # ids hinted and not yet finished here
         self._jobs_scope: trio.CancelScope | None = None
@@ -122,10 +138,22 @@ class JobRunner:
             with trio.CancelScope() as jobs_scope:
                 self._jobs_scope = jobs_scope
                 nursery.start_soon(self._poll_loop)
+                if self.pacing.enabled:
+                    nursery.start_soon(self._pace)
                 task_status.started()
                 async with trio.open_nursery() as jobs:
                     await self._dispatch(jobs)
             nursery.cancel_scope.cancel()
+
+    async def _pace(self) -> None:
+        """Acks first (enrich.core.pacing): size the job limiter from the loop's lag."""
+        while True:
+            lag = await self._lag_probe()
+            limit = self.pacing.update(lag)
+            if limit != self.limiter.total_tokens:
+                # Lowering it below what is borrowed is fine: running jobs finish, and
+                # no new one starts until the count is under the limit again.
+                self.limiter.total_tokens = limit
 
     async def _poll_loop(self) -> None:
         while self._accepting:

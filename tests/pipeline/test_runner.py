@@ -371,3 +371,38 @@ async def test_backlog_is_claimed_in_batches_not_one_round_trip_each(
         assert with_items == 40
     finally:
         await pool.close()
+
+
+async def test_a_congested_loop_throttles_processing_and_it_recovers(
+    apps: Apps, http: httpx.AsyncClient
+) -> None:
+    web = await apps.start(role="web")
+    await web.link()
+    db = _db(web)
+    settings = apps.settings(PROCESSING_CONCURRENCY="8", PROCESSING_TARGET_LAG_MS="5",
+                             RECOVERY_INTERVAL_SECONDS="0.1")
+    send, receive = trio.open_memory_channel[float](0)
+
+    async def probe() -> float:
+        return await receive.receive()  # the test decides what the loop's lag is
+
+    pool = await _runner_pool(settings)
+    try:
+        runner = JobRunner(settings, pool, Processor(), Metrics(), lag_probe=probe)
+        assert runner.limiter.total_tokens == 8
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            for _ in range(4):
+                await send.send(0.050)  # the webhook is congested
+            await send.send(0.050)
+            assert runner.limiter.total_tokens == 1
+            sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(5)]
+            # Throttled, not stopped: work still gets done, one message at a time.
+            await wait_for_status(db, sids, "done")
+            for _ in range(10):
+                await send.send(0.0)
+            await send.send(0.0)
+            assert runner.limiter.total_tokens == 8  # back to full concurrency
+            nursery.cancel_scope.cancel()
+    finally:
+        await pool.close()
