@@ -390,7 +390,8 @@ class Settings:
 
     # --- pipeline ---
     processing_concurrency: int = _var(
-        "PROCESSING_CONCURRENCY", _int_range(1, 1000), "16", "Messages processed at once."
+        "PROCESSING_CONCURRENCY", _int_range(1, 1000), "100",
+        "Messages processed at once (most wait on media or speech, not the CPU)."
     )
     processing_target_lag_ms: float = _var(
         "PROCESSING_TARGET_LAG_MS", _float_range(0, 10_000), "5",

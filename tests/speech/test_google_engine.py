@@ -262,13 +262,28 @@ async def test_invalid_argument_is_rejected_without_retry(
 ) -> None:
     server.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT, "bad audio")
 
-    error = await transcribe_error(engine, MEDIA / "note1.amr", kind_of(MEDIA / "note1.amr"))
+    error = await transcribe_error(engine, MEDIA / "note1.wav", kind_of(MEDIA / "note1.wav"))
 
     assert isinstance(error, SpeechRejected)
     assert not error.recoverable
     assert outcomes(server) == ["INVALID_ARGUMENT"]
     # The service answered: it is healthy, the audio is not. No breaker failure.
     assert engine.breaker.stats().consecutive_failures == 0
+
+
+async def test_native_audio_refused_is_sent_decoded_once(
+    server: Any, engine: GoogleEngine
+) -> None:
+    server.fail_next(1, grpc.StatusCode.INVALID_ARGUMENT, "bad audio")
+    note = MEDIA / "note1.amr"
+    transcript = await engine.transcribe(note, kind_of(note))
+    assert transcript is not None and transcript.text
+    assert [(c.encoding, c.outcome) for c in server.calls] == [
+        ("AMR", "INVALID_ARGUMENT"), ("LINEAR16", "OK")]
+
+    server.fail_next(2, grpc.StatusCode.INVALID_ARGUMENT, "bad audio")
+    error = await transcribe_error(engine, note, kind_of(note))
+    assert isinstance(error, SpeechRejected)  # refused both ways: the audio is the problem
 
 
 async def test_real_validation_error_is_a_rejection(
@@ -282,7 +297,8 @@ async def test_real_validation_error_is_a_rejection(
     finally:
         await eng.aclose()
     assert isinstance(error, SpeechRejected)
-    assert outcomes(server) == ["INVALID_ARGUMENT"]
+    # As sent (AMR), then decoded once (LINEAR16): both refused, no further retry.
+    assert outcomes(server) == ["INVALID_ARGUMENT", "INVALID_ARGUMENT"]
 
 
 @pytest.mark.parametrize(
