@@ -374,18 +374,28 @@ async def claim_notifications(
 
 
 async def mark_sent(pool: ConnectionPool, note: Notification, provider_sid: str) -> None:
+    await mark_all_sent(pool, [(note, provider_sid)])
+
+
+async def mark_all_sent(
+    pool: ConnectionPool, sent: Sequence[tuple[Notification, str]]
+) -> None:
+    """Record a batch of sent replies in one statement."""
+    if not sent:
+        return
     async with pool.connection() as conn:
         await conn.execute(
             """
-            UPDATE notifications
-            SET status = 'sent', provider_sid = %s, sent_at = now(), last_error = NULL,
+            UPDATE notifications n
+            SET status = 'sent', provider_sid = s.sid, sent_at = now(), last_error = NULL,
                 lease_owner = NULL, lease_expires_at = NULL,
                 -- a sent verification code has no business staying readable
-                body = CASE WHEN kind = 'verification' THEN '[verification code sent]'
-                            ELSE body END
-            WHERE id = %s
+                body = CASE WHEN n.kind = 'verification' THEN '[verification code sent]'
+                            ELSE n.body END
+            FROM unnest(%s::bigint[], %s::text[]) AS s(id, sid)
+            WHERE n.id = s.id
             """,
-            (provider_sid, note.id),
+            ([note.id for note, _ in sent], [sid for _, sid in sent]),
             prepare=True,
         )
 

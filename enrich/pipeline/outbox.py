@@ -21,7 +21,7 @@ from enrich.core.phone import mask_phone
 from enrich.db.pool import ConnectionPool
 from enrich.metrics import Metrics
 from enrich.pipeline.runner import backoff_delay
-from enrich.store import Notification, claim_notifications, mark_sent, mark_unsent
+from enrich.store import Notification, claim_notifications, mark_all_sent, mark_unsent
 from enrich.twilio_rest import SendError, TwilioSender
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,26 @@ class Outbox:
         notes = await claim_notifications(self.db, self.owner, LEASE_S, self.batch)
         if not notes:
             return False
-        async with trio.open_nursery() as nursery:
-            for note in notes:
-                nursery.start_soon(self._send_one, note)
+        sent: list[tuple[Notification, str]] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                for note in notes:
+                    nursery.start_soon(self._send_one, note, sent)
+        finally:
+            # One statement for the batch; shielded so a cancellation (shutdown) cannot
+            # leave replies that went out marked unsent (they would go out twice).
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await mark_all_sent(self.db, sent)
+        for note, _ in sent:
+            self.metrics.notifications["sent"] += 1
+            log.info("reply sent", extra={"kind": note.kind, "message_sid": note.message_sid,
+                                          "to": mask_phone(note.to_number)})
         return True
 
-    async def _send_one(self, note: Notification) -> None:
+    async def _send_one(self, note: Notification, sent: list[tuple[Notification, str]]) -> None:
         assert self.sender is not None
         try:
-            sent = await self.sender.send(note.to_number, note.body)
+            result = await self.sender.send(note.to_number, note.body)
         except SendError as exc:
             give_up = not exc.recoverable or note.attempts >= MAX_SEND_ATTEMPTS
             retry = None if give_up else backoff_delay(note.attempts, self.retry_base_s)
@@ -109,7 +120,4 @@ class Outbox:
                        "retry_in_s": retry},
             )
             return
-        await mark_sent(self.db, note, sent.sid)
-        self.metrics.notifications["sent"] += 1
-        log.info("reply sent", extra={"kind": note.kind, "message_sid": note.message_sid,
-                                      "to": mask_phone(note.to_number)})
+        sent.append((note, result.sid))
