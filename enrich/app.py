@@ -122,6 +122,8 @@ def create_app(
             on_done=state.outbox.wake,
         )
         ingest.on_accepted = state.runner.notify if role == "all" else None
+        runner = state.runner
+        state.outbox.pace = lambda: runner.pacing.limit
 
     app.register_blueprint(health.bp)
     app.register_blueprint(performance.bp)

@@ -22,6 +22,9 @@ __all__ = ["AdaptiveLimit"]
 class AdaptiveLimit:
     """AIMD between ``minimum`` and ``maximum`` steered by measured loop lag (seconds).
 
+    A limit of 0 pauses new work until the loop is on time again: when webhooks alone
+    keep the loop late, processing more would only make every answer later.
+
     ``target_lag_s <= 0`` disables pacing: the limit stays at ``maximum``.
     """
 
@@ -32,8 +35,8 @@ class AdaptiveLimit:
     limit: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.minimum <= self.maximum:
-            raise ValueError("need 1 <= minimum <= maximum")
+        if not (0 <= self.minimum <= self.maximum and self.maximum >= 1):
+            raise ValueError("need 0 <= minimum <= maximum and maximum >= 1")
         if not 0 < self.decrease < 1:
             raise ValueError("decrease must be between 0 and 1")
         self.limit = self.maximum if self.limit == 0 else self.limit

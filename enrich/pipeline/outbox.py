@@ -14,6 +14,7 @@ sending is disabled.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -43,7 +44,9 @@ class Outbox:
         batch: int = 20,
         poll_interval_s: float = POLL_INTERVAL_S,
         retry_base_s: float = RETRY_BASE_S,
+        pace: Callable[[], int] | None = None,
     ) -> None:
+        self.pace = pace
         self.db = db
         self.sender = sender
         self.metrics = metrics
@@ -85,7 +88,11 @@ class Outbox:
     async def send_due(self) -> bool:
         """Claim and send one batch; True when anything was claimed."""
         assert self.sender is not None
-        notes = await claim_notifications(self.db, self.owner, LEASE_S, self.batch)
+        # Acks first: while the runner is paced down (a congested loop), send fewer at once.
+        batch = self.batch if self.pace is None else min(self.batch, self.pace())
+        if batch <= 0:
+            return False  # paused: look again after the poll interval
+        notes = await claim_notifications(self.db, self.owner, LEASE_S, batch)
         if not notes:
             return False
         sent: list[tuple[Notification, str]] = []

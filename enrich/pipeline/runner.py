@@ -99,8 +99,10 @@ class JobRunner:
         self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
-        self.pacing = AdaptiveLimit(1, settings.processing_concurrency,
+        self.pacing = AdaptiveLimit(0, settings.processing_concurrency,
                                     settings.processing_target_lag_ms / 1000)
+        self._unpaused = trio.Event()
+        self._unpaused.set()
         self._lag_probe = lag_probe or measure_lag
         self._send, self._recv = trio.open_memory_channel[int](settings.job_queue_size)
         self._queued: set[int] = set()  # ids hinted and not yet finished here
@@ -150,10 +152,16 @@ class JobRunner:
         while True:
             lag = await self._lag_probe()
             limit = self.pacing.update(lag)
-            if limit != self.limiter.total_tokens:
+            if limit == 0:
+                if self._unpaused.is_set():
+                    self._unpaused = trio.Event()  # no new job until the loop is on time
+            else:
+                self._unpaused.set()
+            tokens = max(1, limit)  # a CapacityLimiter needs at least one token
+            if tokens != self.limiter.total_tokens:
                 # Lowering it below what is borrowed is fine: running jobs finish, and
                 # no new one starts until the count is under the limit again.
-                self.limiter.total_tokens = limit
+                self.limiter.total_tokens = tokens
 
     async def _poll_loop(self) -> None:
         while self._accepting:
@@ -191,6 +199,7 @@ class JobRunner:
                 except trio.EndOfChannel:
                     break
                 batch = [(first, object())]
+                await self._unpaused.wait()
                 await self.limiter.acquire_on_behalf_of(batch[0][1])
                 while len(batch) < CLAIM_BATCH:
                     token = object()

@@ -392,16 +392,18 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
         assert runner.limiter.total_tokens == 8
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
-            for _ in range(4):
-                await send.send(0.050)  # the webhook is congested
+            for _ in range(6):
+                await send.send(0.050)  # webhooks alone keep the loop late
             await send.send(0.050)
-            assert runner.limiter.total_tokens == 1
+            assert runner.pacing.limit == 0 and runner.limiter.total_tokens == 1
             sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(5)]
-            # Throttled, not stopped: work still gets done, one message at a time.
-            await wait_for_status(db, sids, "done")
+            await trio.sleep(0.5)  # the poller hands them over; the paused runner waits
+            assert {(await _row(db, sid))[0] for sid in sids} == {"received"}
+            # The loop is on time again: processing resumes and catches up.
             for _ in range(10):
                 await send.send(0.0)
             await send.send(0.0)
+            await wait_for_status(db, sids, "done")
             assert runner.limiter.total_tokens == 8  # back to full concurrency
             nursery.cancel_scope.cancel()
     finally:
