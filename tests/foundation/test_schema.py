@@ -130,6 +130,14 @@ def _seed(conn: psycopg.Connection[Any]) -> None:
     )
     conn.execute(
         """
+        INSERT INTO notifications (message_sid, kind, to_number, body, status, sent_at)
+        SELECT 'SM' || md5(g::text), 'confirmation', '+15550000000', 'Saved 1 item',
+               CASE WHEN g % 500 = 0 THEN 'pending' ELSE 'sent' END, now()
+        FROM generate_series(1, 20000) g
+        """
+    )
+    conn.execute(
+        """
         INSERT INTO enrichment_items (user_id, message_sid, item_index, item_type, value,
                                       status, source, created_at)
         SELECT u.user_id, 'SM' || md5(g::text), 0, 'tag', 'v' || g,
@@ -189,6 +197,20 @@ def test_hot_queries_use_indexes(database_url: str) -> None:
                 " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 16",
                 (),
                 {"idx_inbound_messages_open"},
+            ),
+            (  # the runner's batched claim
+                "SELECT id FROM inbound_messages WHERE id = ANY(%s)"
+                " AND status IN ('received', 'processing') AND next_attempt_at <= now()"
+                " FOR UPDATE SKIP LOCKED",
+                ([1, 2, 3],),
+                {"inbound_messages_pkey", "idx_inbound_messages_open"},
+            ),
+            (  # the outbox's claim
+                "SELECT id FROM notifications WHERE status IN ('pending', 'sending')"
+                " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 20"
+                " FOR UPDATE SKIP LOCKED",
+                (),
+                {"idx_notifications_open"},
             ),
             (
                 "SELECT status FROM inbound_messages WHERE message_sid = %s",
