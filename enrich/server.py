@@ -25,7 +25,10 @@ def hypercorn_config(settings: Settings, host: str, port: int) -> Config:
     config.shutdown_timeout = settings.shutdown_grace_seconds + 15
     # hypercorn's read_timeout defaults to none: a silent client would hold a slot forever.
     config.read_timeout = int(settings.read_timeout_seconds)
-    config.keep_alive_timeout = 75  # above common proxies' idle timeouts (60 s)
+    # hypercorn applies read_timeout to the idle wait between keep-alive requests too, so
+    # a longer keep_alive_timeout would never be reached: say what really happens. A
+    # proxy in front must idle out sooner (or raise READ_TIMEOUT_SECONDS above its idle).
+    config.keep_alive_timeout = int(settings.read_timeout_seconds)
     config.h11_max_incomplete_size = 16 * 1024  # request line + headers
     config.backlog = 1024
     config.accesslog = None

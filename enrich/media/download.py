@@ -77,7 +77,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bytes gathered before one write to the temp file (bounds memory per download).
-WRITE_BATCH: Final = 256 * 1024
+WRITE_BATCH: Final = 64 * 1024
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _UNAVAILABLE_TEXT: Final = "Sorry, we couldn't download your file."
 _TRY_LATER_TEXT: Final = (
@@ -375,7 +375,7 @@ class MediaFetcher:
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 if pending_bytes >= WRITE_BATCH:
-                    await out.write(b"".join(pending))
+                    await out.write(pending[0] if len(pending) == 1 else b"".join(pending))
                     pending.clear()
                     pending_bytes = 0
             if pending:

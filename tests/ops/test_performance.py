@@ -73,6 +73,9 @@ async def test_shapes_of_stats_cache_database_connections(
     # Exercise a cache: one miss then one hit.
     await state.ingest.owner("+15550001234")
     await state.ingest.owner("+15550001234")
+    # Allowed senders are misses of the rate-limit memo by design: not in the aggregate.
+    for _ in range(3):
+        state.ingest.limiter.status_cache.peek("+15550001234")
     async with httpx.AsyncClient(base_url=url, headers=AUTH) as c:
         stats = (await c.get("/api/sms/performance/stats")).json()["data"]
         assert set(stats) >= {"cache", "database", "connectionPools", "pipeline", "alerts",
@@ -85,6 +88,9 @@ async def test_shapes_of_stats_cache_database_connections(
         assert set(cache["metrics"]) == {"cacheHits", "cacheMisses", "hitRate", "dbQueries",
                                          "avgQueryTime"}
         assert cache["metrics"]["dbQueries"] >= 1
+        assert cache["rateLimitCache"]["misses"] == 3
+        assert (cache["metrics"]["cacheHits"], cache["metrics"]["cacheMisses"],
+                cache["metrics"]["hitRate"]) == (1, 1, 50.0)
         db = (await c.get("/api/sms/performance/database")).json()["data"]
         assert db["healthy"] is True
         assert db["maxConnections"] == admin_settings.database_pool_max
