@@ -1,0 +1,1 @@
+"""Benchmarks: load test, framework ceiling, inserts, memory, end-to-end (see bench/README.md)."""

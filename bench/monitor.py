@@ -1,0 +1,153 @@
+"""Watch the server during a load run: its own statistics, its RSS, PostgreSQL's view.
+
+Everything is optional and best effort (a failed sample is skipped, never fatal):
+
+* with the admin token: ``POST /api/sms/performance/reset`` at the start (counters of
+  this run only), ``GET /api/sms/performance/stats`` once a second (pool slots, queue,
+  cache hit rate) and at the end;
+* with the server's pid: its RSS once a second (psutil);
+* with a database URL: connections the server holds (``pg_stat_activity`` rows with
+  ``application_name`` ``enrich:<instance>``), once a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+
+class ServerMonitor:
+    def __init__(self, url: str, admin_token: str | None, pid: int | None,
+                 database_url: str | None) -> None:
+        parts = urlsplit(url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.token = admin_token
+        self.pid = pid
+        self.database_url = database_url
+        self.samples: list[dict[str, Any]] = []
+        self.errors: dict[str, int] = {}
+        self._http = httpx.Client(timeout=2.0, trust_env=False)
+        self._proc: Any = None
+        self._pg: Any = None
+
+    def _note(self, what: str, exc: BaseException) -> None:
+        key = f"{what}: {type(exc).__name__}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def _admin(self, method: str, path: str) -> dict[str, Any] | None:
+        if not self.token:
+            return None
+        try:
+            response = self._http.request(
+                method, self.origin + "/api/sms/performance/" + path,
+                headers={"Authorization": f"Bearer {self.token}"})
+            response.raise_for_status()
+            data = response.json().get("data")
+            return data if isinstance(data, dict) else None
+        except (httpx.HTTPError, ValueError) as exc:
+            self._note(path, exc)
+            return None
+
+    def begin(self) -> None:
+        import psutil
+
+        psutil.cpu_percent()  # starts the machine-wide interval
+        self._admin("POST", "reset")
+        if self.pid:
+            import psutil
+
+            try:
+                self._proc = psutil.Process(self.pid)
+                self._proc.cpu_percent()  # starts the interval the first sample reads
+            except psutil.Error as exc:
+                self._note("pid", exc)
+        if self.database_url:
+            import psycopg
+
+            try:
+                self._pg = psycopg.connect(self.database_url, autocommit=True,
+                                           application_name="enrich-bench")
+            except psycopg.Error as exc:
+                self._note("database", exc)
+
+    def sample(self, t: float) -> dict[str, Any]:
+        import psutil
+
+        # Whole machine, all cores (100 = every core busy): who else wants the CPU.
+        sample: dict[str, Any] = {"t": round(t, 2), "machine_cpu_pct": psutil.cpu_percent()}
+        stats = self._admin("GET", "stats")
+        if stats is not None:
+            pools = stats.get("connectionPools", {})
+            pipeline = stats.get("pipeline", {})
+            sample["pools"] = pools
+            sample["queueDepth"] = pipeline.get("queueDepth")
+            sample["inFlight"] = pipeline.get("inFlight")
+            sample["cacheHitRate"] = stats.get("cache", {}).get("metrics", {}).get("hitRate")
+        if self._proc is not None:
+            try:
+                sample["rss_mb"] = round(self._proc.memory_info().rss / 2**20, 1)
+                sample["cpu_pct"] = round(self._proc.cpu_percent(), 1)
+            except Exception as exc:  # psutil.Error: the server went away
+                self._note("rss", exc)
+        if self._pg is not None:
+            try:
+                row = self._pg.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
+                    ("enrich:%",),
+                ).fetchone()
+                sample["pg_connections"] = int(row[0]) if row else None
+            except Exception as exc:  # psycopg.Error
+                self._note("pg_stat_activity", exc)
+        self.samples.append(sample)
+        return sample
+
+    @staticmethod
+    def describe(sample: dict[str, Any]) -> str:
+        parts = []
+        pg = sample.get("pools", {}).get("postgres")
+        if pg:
+            parts.append(f"db {pg.get('inUse')}/{pg.get('total')} wait {pg.get('waiting')}")
+        if sample.get("queueDepth") is not None:
+            parts.append(f"queue {sample['queueDepth']} jobs {sample.get('inFlight')}")
+        if "rss_mb" in sample:
+            parts.append(f"rss {sample['rss_mb']:.0f} MB cpu {sample.get('cpu_pct', 0):.0f}%")
+        return ("  | " + "  ".join(parts)) if parts else ""
+
+    def finish(self, t: float) -> dict[str, Any]:
+        """Everything observed: samples, final statistics, peaks."""
+        final = self.sample(t)
+        stats = self._admin("GET", "stats")
+        result: dict[str, Any] = {"samples": self.samples, "monitor_errors": self.errors}
+        if stats is not None:
+            result["cache"] = stats.get("cache")
+            result["pipeline"] = stats.get("pipeline")
+            result["database"] = stats.get("database")
+            result["alerts"] = stats.get("alerts")
+        pg_totals = [s["pools"]["postgres"]["total"] for s in self.samples
+                     if s.get("pools", {}).get("postgres")]
+        if pg_totals:
+            result["peak_pool_connections"] = max(pg_totals)
+            result["db_pool_max"] = self.samples[-1]["pools"]["postgres"].get("max")
+        pg_seen = [s["pg_connections"] for s in self.samples if s.get("pg_connections")]
+        if pg_seen:
+            result["peak_pg_connections"] = max(pg_seen)
+        rss = [s["rss_mb"] for s in self.samples if "rss_mb" in s]
+        if rss:
+            result["rss_mb"] = {"first": rss[0], "last": final.get("rss_mb", rss[-1]),
+                                "max": max(rss)}
+            cpu = [s["cpu_pct"] for s in self.samples[:-1] if "cpu_pct" in s]
+            if cpu:
+                result["cpu_pct"] = {"avg": round(sum(cpu) / len(cpu), 1), "max": max(cpu)}
+        machine = [s["machine_cpu_pct"] for s in self.samples[:-1]]
+        if machine:
+            result["machine_cpu_pct"] = round(sum(machine) / len(machine), 1)
+        return result
+
+    def close(self) -> None:
+        self._http.close()
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                self._pg.close()

@@ -1,0 +1,296 @@
+"""Every bench in one session, for bench/RESULTS.md.
+
+    python -m bench.suite [--quick] [--skip sweep,e2e,...]
+
+Runs, in order, each load run against a fresh server (bench.serve): the framework
+ceiling (closed model, 100 connections), the open model at 500/s, the seed's closed
+model at 100 connections (as a fraction of that ceiling), the ceiling again, the rate
+sweep (bench.sweep) with and without the job runner in the server process,
+a short rate-limit check (limit 20/hour, few senders), the memory benches, the insert
+comparison and the end-to-end pipeline bench. Everything goes to
+``bench/out/suite-<time>/``: each run's JSON and PNG, ``summary.json`` and
+``summary.md`` (the goals table). ``--quick`` shortens every run (a dry run of the
+suite, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT_DIR, machine_info, open_messages
+from bench.load_test import LoadConfig, run_load
+from bench.report import format_report, lookup_cache_counts, write_outputs
+from bench.serve import BenchServer, ServeOptions
+
+STEPS = ("ceiling", "open500", "closed100", "ceiling2", "sweep", "sweepweb", "ratelimit",
+         "downloads", "rss", "inserts", "e2e")
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and enrich files changed in the working tree (read-only git)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True,
+                                  check=False, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": git("status", "--porcelain", "--", "enrich").splitlines()}
+
+
+def load_run(out: Path, name: str, options: ServeOptions, **overrides: Any) -> dict[str, Any]:
+    with BenchServer(options) as server:
+        cfg = LoadConfig.from_env({**os.environ, **server.load_env()})
+        targets = overrides.pop("targets", None)
+        for key, value in overrides.items():
+            setattr(cfg, key, value)
+        if targets is not None:
+            cfg.targets = targets
+        cfg.name, cfg.out_dir = name, out
+        summary = run_load(cfg)
+        summary["db_open_messages_at_end"] = open_messages(server.database_url)
+        statuses = _statuses(server.database_url)
+    summary["db_statuses"] = statuses
+    print(format_report(summary), flush=True)
+    write_outputs(summary, out, name)
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def _statuses(database_url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(database_url, application_name="enrich-bench") as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM inbound_messages GROUP BY status").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("✓" if ok else "✗")
+
+
+def best_ceiling(r: dict[str, Any]) -> float | None:
+    """The higher of the ceilings measured in the session (the stricter reference)."""
+    values = [r[k]["throughput"]["answers_per_s"] for k in ("ceiling", "ceiling2") if k in r]
+    return max(values) if values else None
+
+
+def goals_table(r: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    ceiling = best_ceiling(r)
+    for key in ("ceiling", "ceiling2"):
+        if key in r:
+            c, g = r[key], r[key]["generator"]
+            rows.append((f"framework ceiling ({'before' if key == 'ceiling' else 'after'} the "
+                         "closed run): trivial route, c=100", "(report)",
+                         f"{c['throughput']['answers_per_s']:.0f}/s, p99 "
+                         f"{c['latency_ms']['p99']:.0f} ms; generator used "
+                         f"{g['cpu_pct_of_one_core']:.0f} % of one core", None))
+    if "open500" in r:
+        o = r["open500"]
+        rows.append(("open model 500/s, 60 s: ack p99", "<= 50 ms",
+                     f"{o['latency_ms']['p99']:.1f} ms", o["latency_ms"]["p99"] <= 50))
+        rows.append(("open model 500/s: failures", "0", str(o["totals"]["failed"]),
+                     o["totals"]["failed"] == 0))
+    if "sweep" in r:
+        s = r["sweep"]
+        frac = s.get("fraction_of_ceiling")
+        rows.append(("highest rate with ack p99 <= 100 ms, vs ceiling", ">= 50 %",
+                     f"{s.get('best_rate') or 0:.0f}/s of {ceiling or 0:.0f}/s = "
+                     f"{(frac or 0):.1%}", bool(frac and frac >= 0.5)))
+    if "sweepweb" in r:
+        s = r["sweepweb"]
+        frac = s.get("fraction_of_ceiling")
+        rows.append(("(same, server with --role web: no pipeline in the process)", "(report)",
+                     f"{s.get('best_rate') or 0:.0f}/s = {(frac or 0):.1%} of the ceiling",
+                     None))
+    if "closed100" in r:
+        c = r["closed100"]
+        thr, lat = c["throughput"], c["latency_ms"]
+        ratio = thr["successful_per_s"] / ceiling if ceiling else None
+        change = thr["change_pct"]
+        rows += [
+            ("closed model c=100, 60 s: throughput vs ceiling", ">= 50 %",
+             f"{thr['successful_per_s']:.0f}/s of {ceiling or 0:.0f}/s = {(ratio or 0):.1%}",
+             None if ratio is None else ratio >= 0.5),
+            ("closed model: p99 vs mean", "<= 2x",
+             f"{lat['p99']:.1f} / {lat['avg']:.1f} ms = {lat['p99'] / lat['avg']:.2f}x",
+             lat["p99"] <= 2 * lat["avg"]),
+            ("closed model: failures", "0", str(c["totals"]["failed"]),
+             c["totals"]["failed"] == 0),
+            ("closed model: seed targets (avg < 5 s, p95 < 10 s, success > 95 %)", "all",
+             f"avg {lat['avg']:.0f} ms, p95 {lat['p95']:.0f} ms, {c['success_pct']:.2f} %",
+             lat["avg"] < 5000 and lat["p95"] < 10000 and c["success_pct"] > 95),
+            ("closed model: last 10 s vs first 10 s", "within 10 %",
+             f"{thr['first10_per_s']} -> {thr['last10_per_s']}/s ({change} %)",
+             None if change is None else abs(change) <= 10),
+        ]
+        for label, run in (("closed c=100", c), ("open 500/s", r.get("open500"))):
+            if not run:
+                continue
+            server = run.get("server", {})
+            cache = server.get("cache") or {}
+            for key, what in (("phoneNumberCache", "phone-number"),
+                              ("verificationCache", "verification")):
+                c = cache.get(key)
+                if c and c["hits"] + c["misses"]:
+                    rate = 100 * c["hits"] / (c["hits"] + c["misses"])
+                    rows.append((f"{label}: {what} cache hit rate (Zipf, 1000 senders)",
+                                 ">= 95 %", f"{rate:.2f} % ({c['size']} of {c['max']} "
+                                 "entries)", rate >= 95))
+            hits, misses = lookup_cache_counts(server)
+            if hits + misses:
+                rows.append((f"{label}: both caches together", "(report)",
+                             f"{100 * hits / (hits + misses):.2f} %", None))
+            if server.get("peak_pg_connections") is not None:
+                rows.append((f"{label}: PostgreSQL connections", "<= DATABASE_POOL_MAX",
+                             f"peak {server['peak_pg_connections']} of "
+                             f"{server.get('db_pool_max')}",
+                             server["peak_pg_connections"] <= (server.get("db_pool_max") or 0)))
+    if "e2e" in r:
+        e = r["e2e"]
+        rows.append(("end-to-end throughput vs Little's-law bound", ">= 90 %",
+                     f"{e['achieved_per_s']}/s of {e['littles_law']['bound_per_s']}/s = "
+                     f"{(e['ratio'] or 0):.1%}", e["passed"]))
+    if "downloads" in r:
+        d = r["downloads"]
+        rows.append(("peak RSS growth, 100 x 5 MB downloads", "<= 64 MB",
+                     f"+{d['streamed']['peak_growth_mb']} MB (buffered: "
+                     f"+{d['buffered_httpx']['peak_growth_mb']} MB)", d["passed"]))
+    if "rss" in r:
+        m = r["rss"]
+        rows.append(("server RSS after 60 s vs after 10 s", "within 10 %",
+                     f"{m['runs'][0]['rss_mb']} -> {m['runs'][1]['rss_mb']} MB "
+                     f"({m['growth_pct']:+.1f} %)", m["passed"]))
+    if "ratelimit" in r:
+        rl = r["ratelimit"]
+        rejected = rl["db_statuses"].get("rejected", 0)
+        rows.append(("rate-limited answers counted apart (limit 20/h)",
+                     "= rejected rows in DB",
+                     f"{rl['totals']['rate_limited']} counted, {rejected} rejected rows, "
+                     f"{rl['totals']['failed']} failed", rl["totals"]["rate_limited"] == rejected
+                     and rl["totals"]["failed"] == 0))
+    if "inserts" in r:
+        i = r["inserts"]
+        rows.append(("batch vs row-by-row inserts", "(report)",
+                     f"{i['ratio_row_by_row_vs_batch']}x faster", None))
+    lines = ["| goal | target | measured | |", "|---|---|---|---|"]
+    lines += [f"| {g} | {t} | {m} | {_verdict(ok)} |" for g, t, m, ok in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", default="", help=f"comma-separated of {', '.join(STEPS)}")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
+    q = 0.1 if args.quick else 1.0
+    out = args.out or OUT_DIR / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine_info(), "quick": args.quick,
+                               "code": code_version()}
+    base = ServeOptions()
+
+    def ceiling(name: str = "ceiling") -> dict[str, Any]:
+        from bench.ceiling import measure
+
+        s = measure(duration=30 * q, concurrent=100)
+        print(format_report(s), flush=True)
+        write_outputs(s, out, name)
+        return {k: v for k, v in s.items() if not k.startswith("_")}
+
+    def closed100() -> dict[str, Any]:
+        ceiling_rps = results.get("ceiling", {}).get("throughput", {}).get("answers_per_s")
+        targets = replace(LoadConfig().targets, ceiling_rps=ceiling_rps)
+        return load_run(out, "closed-c100", base, concurrent=100, duration=60 * q,
+                        targets=targets)
+
+    def sweep(role: str = "all") -> dict[str, Any]:
+        from bench.sweep import sweep as run_sweep
+
+        rates = [100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0]
+        s = run_sweep(replace(base, role=role), rates, seconds=20 * q, p99_ms=100.0)
+        s["role"] = role
+        ceiling_rps = best_ceiling(results)
+        s["ceiling_rps"] = ceiling_rps
+        s["fraction_of_ceiling"] = (round((s["best_rate"] or 0) / ceiling_rps, 4)
+                                    if ceiling_rps else None)
+        return s
+
+    def rss() -> dict[str, Any]:
+        from bench.memory import run_server_rss
+
+        return run_server_rss(50.0, 10 * q, 60 * q)
+
+    def downloads() -> dict[str, Any]:
+        from bench.memory import run_downloads
+
+        return run_downloads(100, 5.0)
+
+    def inserts() -> dict[str, Any]:
+        import subprocess
+
+        path = out / "inserts.json"
+        subprocess.run([sys.executable, "-m", "bench.inserts", "--out", str(out)]
+                       + (["--quick"] if args.quick else []), check=True)
+        latest = max(out.glob("inserts-*.json"), key=lambda p: p.stat().st_mtime)
+        latest.rename(path)
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def e2e() -> dict[str, Any]:
+        from bench.e2e import E2EOptions, format_result, run
+
+        e = run(E2EOptions(messages=max(100, int(3000 * q))))
+        print(format_result(e), flush=True)
+        return e
+
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "ceiling": ceiling,
+        "open500": lambda: load_run(out, "open-500", base, rate=500.0, duration=60 * q),
+        "closed100": closed100,
+        "ceiling2": lambda: ceiling("ceiling2"),
+        "sweep": sweep,
+        "sweepweb": lambda: sweep("web"),
+        "ratelimit": lambda: load_run(
+            out, "ratelimit", replace(base, senders=5, rate_limit=20), rate=50.0,
+            duration=3.0 if args.quick else 5.0, targets=replace(LoadConfig().targets, p99_ms=1e9)),
+        "downloads": downloads,
+        "rss": rss,
+        "inserts": inserts,
+        "e2e": e2e,
+    }
+    for name in STEPS:
+        if name in skip:
+            continue
+        print(f"\n##### {name} #####", file=sys.stderr, flush=True)
+        try:
+            results[name] = steps[name]()
+        except Exception:
+            results[name + "_error"] = traceback.format_exc()
+            print(results[name + "_error"], file=sys.stderr)
+        (out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    table = goals_table(results)
+    (out / "summary.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

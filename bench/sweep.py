@@ -1,0 +1,124 @@
+"""The highest open-model arrival rate whose ack p99 stays at or under a bound (100 ms),
+as a fraction of the framework ceiling measured in the same run.
+
+    python -m bench.sweep [--step-seconds 20] [--p99-ms 100] [--rates 100,200,300]
+
+measures the ceiling (bench.ceiling, closed model at 100 connections), then runs
+open-model steps at increasing rates, each against a fresh server (bench.serve: every
+step starts from the same empty state, with the pipeline processing what the step
+sends), stops at the first rate that misses (p99 over the bound, any failure, or fewer
+answers than 95 % of the arrivals), and bisects twice between the last pass and it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import OUT_DIR
+from bench.load_test import LoadConfig, run_load
+from bench.serve import BenchServer, ServeOptions
+
+
+def step(options: ServeOptions, rate: float, seconds: float, p99_ms: float,
+         workers: int) -> dict[str, Any]:
+    with BenchServer(options) as server:
+        env = {**os.environ, **server.load_env()}
+        return _step(env, rate, seconds, p99_ms, workers)
+
+
+def _step(env: dict[str, str], rate: float, seconds: float, p99_ms: float,
+          workers: int) -> dict[str, Any]:
+    cfg = LoadConfig.from_env(env)
+    cfg.rate, cfg.duration, cfg.workers, cfg.progress = rate, seconds, workers, False
+    cfg.targets = replace(cfg.targets, p99_ms=p99_ms)
+    s = run_load(cfg)
+    answered = s["throughput"]["answers_per_s"]
+    ok = (s["latency_ms"]["p99"] <= p99_ms and s["totals"]["failed"] == 0
+          and answered >= 0.95 * rate)
+    row = {"rate": rate, "ok": ok, "p99_ms": s["latency_ms"]["p99"],
+           "p50_ms": s["latency_ms"]["p50"], "failed": s["totals"]["failed"],
+           "answers_per_s": answered, "server_cpu": (s["server"].get("cpu_pct") or {}),
+           "generator_cpu_pct": s["generator"]["cpu_pct_of_one_core"]}
+    print(f"  {rate:7.0f}/s  p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
+          f"failed {row['failed']}  answered {answered:7.1f}/s  "
+          f"{'pass' if ok else 'MISS'}  server CPU {row['server_cpu'].get('avg')}%",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def sweep(options: ServeOptions, rates: list[float], *, seconds: float, p99_ms: float,
+          workers: int = 2, refine: int = 2) -> dict[str, Any]:
+    rows = []
+    best: float | None = None
+    miss: float | None = None
+    for rate in rates:
+        row = step(options, rate, seconds, p99_ms, workers)
+        rows.append(row)
+        if not row["ok"]:
+            miss = rate
+            break
+        best = rate
+    for _ in range(refine):
+        if best is None or miss is None or miss - best <= 10:
+            break
+        mid = round((best + miss) / 2)
+        row = step(options, mid, seconds, p99_ms, workers)
+        rows.append(row)
+        if row["ok"]:
+            best = mid
+        else:
+            miss = mid
+    return {"p99_bound_ms": p99_ms, "step_seconds": seconds, "steps": rows,
+            "best_rate": best, "first_miss": miss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step-seconds", type=float, default=20.0)
+    parser.add_argument("--p99-ms", type=float, default=100.0)
+    parser.add_argument("--rates", default="100,150,200,300,400,500,600,800,1000")
+    parser.add_argument("--ceiling-seconds", type=float, default=20.0)
+    parser.add_argument("--senders", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--role", choices=("all", "web"), default="all",
+                        help="web: the server only answers webhooks (no pipeline)")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    from bench.ceiling import measure
+
+    print("ceiling (trivial route, closed model, 100 connections) ...", file=sys.stderr)
+    ceiling = measure(duration=args.ceiling_seconds, concurrent=100, workers=args.workers,
+                      progress=False)
+    ceiling_rps = ceiling["throughput"]["answers_per_s"]
+    print(f"  ceiling {ceiling_rps:.0f}/s", file=sys.stderr)
+    result = sweep(ServeOptions(senders=args.senders, role=args.role),
+                   [float(r) for r in args.rates.split(",")],
+                   seconds=args.step_seconds, p99_ms=args.p99_ms, workers=args.workers)
+    result["role"] = args.role
+    result["ceiling_rps"] = ceiling_rps
+    result["ceiling_p99_ms"] = ceiling["latency_ms"]["p99"]
+    best = result["best_rate"] or 0.0
+    result["fraction_of_ceiling"] = round(best / ceiling_rps, 4) if ceiling_rps else None
+    goal = 0.5
+    result["goal"] = f">= {goal:.0%} of the ceiling"
+    result["passed"] = bool(result["fraction_of_ceiling"] and result["fraction_of_ceiling"]
+                            >= goal)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"highest rate with ack p99 <= {args.p99_ms:g} ms: {best:.0f}/s = "
+          f"{(result['fraction_of_ceiling'] or 0):.1%} of the ceiling ({ceiling_rps:.0f}/s) "
+          f"{'✓' if result['passed'] else '✗'} (goal {result['goal']})\nwrote {path}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Smoke runs of the benches, a few seconds each, against real servers.
+
+They check what the benches report (counts that match the database, files written, the
+exit code agreeing with the verdict), never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import trio
+
+from bench import inserts, memory
+from bench.ceiling import measure
+from bench.common import WEBHOOK_PATH, link_senders, wait_pipeline_idle
+from enrich.app import create_app
+from enrich.server import serve_app
+from enrich.testing.fake_twilio import open_fake_twilio
+from tests.conftest import make_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT_SID = "AC" + "5e" * 16
+TOKEN = "bench-smoke-token-0123456789abcdef"
+ADMIN = "bench-smoke-admin-0123456789abcdef"
+PUBLIC = "http://testserver.local"
+
+
+async def _load_test(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = await trio.run_process(
+        [sys.executable, "-m", "bench.load_test", "--quiet", *args],
+        env={**os.environ, **env}, cwd=ROOT, capture_stdout=True, capture_stderr=True,
+        check=False)
+    return result.returncode, result.stdout.decode() + result.stderr.decode()
+
+
+def _statuses(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM inbound_messages GROUP BY status").fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+@pytest.mark.slow
+async def test_load_test_counts_rate_limits_apart_and_matches_the_database(
+        tmp_path: Path, database_url: str, redis_url: str, nursery: trio.Nursery) -> None:
+    async with open_fake_twilio(ACCOUNT_SID, TOKEN) as fake:
+        cdn = httpx.URL(fake.cdn_url)
+        settings = make_settings(
+            tmp_path, DATABASE_URL=database_url, REDIS_URL=redis_url,
+            TWILIO_ACCOUNT_SID=ACCOUNT_SID, TWILIO_AUTH_TOKEN=TOKEN,
+            TWILIO_API_BASE_URL=fake.api_url, MEDIA_REDIRECT_HOSTS=f"{cdn.host}:{cdn.port}",
+            RATE_LIMIT_MESSAGES_PER_HOUR="2", ADMIN_TOKEN=ADMIN)
+        assert await link_senders(database_url, 3) == 3
+        stop = trio.Event()
+        binds = await nursery.start(lambda task_status: serve_app(
+            create_app(settings), settings, host="127.0.0.1", port=0,
+            shutdown_trigger=stop.wait, task_status=task_status))
+        env = {"LOAD_TEST_URL": binds[0] + WEBHOOK_PATH,
+               # The server checks signatures against PUBLIC_URL, not the socket address.
+               "LOAD_TEST_SIGN_URL": PUBLIC + WEBHOOK_PATH,
+               "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+               "LOAD_TEST_SENDERS": "3", "LOAD_TEST_DUPLICATE_SHARE": "0",
+               "LOAD_TEST_MEDIA_URL": fake.api_url, "LOAD_TEST_ADMIN_TOKEN": ADMIN,
+               "LOAD_TEST_DATABASE_URL": database_url, "LOAD_TEST_WORKERS": "1"}
+        code, output = await _load_test(env, "--rate", "30", "--duration", "1.5",
+                                        "--out", str(tmp_path), "--name", "smoke")
+        stop.set()
+    data: dict[str, Any] = json.loads((tmp_path / "smoke.json").read_text())
+    assert (tmp_path / "smoke.png").stat().st_size > 10_000
+    assert code == (0 if data["passed"] else 1), output
+    totals = data["totals"]
+    assert totals["total"] == 45  # 30/s for 1.5 s
+    assert totals["failed"] == 0, data["errors"]
+    assert totals["rate_limited"] > 0
+    assert totals["successful"] + totals["rate_limited"] == 45
+    assert data["outcomes"] == {"accepted": totals["successful"],
+                                "rate_limited": totals["rate_limited"]}
+    # Every answer agrees with what the server stored: a limited message is recorded as
+    # rejected, an accepted one is kept for processing; 3 senders x 2 per hour at most.
+    stored = _statuses(database_url)
+    assert stored.pop("rejected") == totals["rate_limited"]
+    assert sum(stored.values()) == totals["successful"] <= 6
+    assert data["latency_ms"]["count"] == 45
+    assert f"Rate Limited: {totals['rate_limited']}" in output
+    assert "=== Performance Assessment ===" in output
+    server = data["server"]
+    assert server["cache"]["phoneNumberCache"]["hits"] + \
+        server["cache"]["phoneNumberCache"]["misses"] > 0
+    assert server["peak_pg_connections"] <= 5  # make_settings' DATABASE_POOL_MAX
+    written = (tmp_path / "smoke.json").read_text()
+    assert TOKEN not in written and ADMIN not in written and TOKEN not in output
+
+
+async def test_wrong_signing_url_fails_every_request_and_exits_1(
+        served: dict[str, Any], tmp_path: Path) -> None:
+    url = served["url"] + WEBHOOK_PATH
+    settings = served["settings"]
+    env = {"LOAD_TEST_URL": url, "LOAD_TEST_SIGN_URL": url,  # not PUBLIC_URL: 403
+           "TWILIO_AUTH_TOKEN": settings.twilio_auth_token, "LOAD_TEST_WORKERS": "1"}
+    code, output = await _load_test(env, "--concurrent", "2", "--count", "6", "--duration",
+                                    "20", "--out", str(tmp_path), "--name", "bad",
+                                    "--no-plot")
+    data = json.loads((tmp_path / "bad.json").read_text())
+    assert code == 1, output
+    assert data["totals"]["total"] == data["totals"]["failed"] == 6
+    assert data["errors"] == {"http_403": 6}
+    assert "✗ At most 0 failed requests: 6 failed" in output
+
+
+def test_ceiling_quick_mode() -> None:
+    summary = measure(duration=1.0, concurrent=4, workers=1, progress=False)
+    assert summary["totals"]["failed"] == 0
+    assert summary["totals"]["successful"] == summary["totals"]["total"] > 0
+    assert summary["outcomes"] == {"accepted": summary["totals"]["total"]}
+    assert summary["server"]["rss_mb"]["max"] > 0
+
+
+async def test_inserts_quick_mode_stores_the_same_rows_every_way(database_url: str) -> None:
+    result = await inserts.run(database_url, messages=6, items=4, rounds=1)
+    assert set(result["methods"]) == {"batch", "row_by_row", "row_by_row_tx"}
+    assert result["rows_stored"] == 3 * (5 + 6) * 4  # warm-up + measured, 4 items each
+    assert result["ratio_row_by_row_vs_batch"] > 0
+    with psycopg.connect(database_url) as conn:
+        open_left = conn.execute("SELECT count(*) FROM inbound_messages "
+                                 "WHERE status <> 'done'").fetchone()
+        shapes = conn.execute(
+            "SELECT m.message_sid, array_agg(i.item_type || ':' || i.value "
+            "ORDER BY i.item_index) FROM inbound_messages m JOIN enrichment_items i "
+            "ON i.message_id = m.id GROUP BY m.message_sid").fetchall()
+    assert open_left == (0,)
+    assert len(shapes) == 33
+    assert len({tuple(s[1]) for s in shapes}) == 1  # identical rows whichever way
+
+
+async def test_memory_downloads_quick(tmp_path: Path) -> None:
+    async with open_fake_twilio(memory.ACCOUNT_SID, memory.TOKEN) as fake:
+        cdn = httpx.URL(fake.cdn_url)
+        result = await memory.downloads(fake.api_url, f"{cdn.host}:{cdn.port}", count=4,
+                                        size=256 * 1024, temp_dir=tmp_path)
+    assert result["all_complete"] and result["failures"] == {}
+    assert result["max_files_at_once"] == 4  # all held at once, as the bench intends
+    assert result["temp_files_left"] == 0
+    assert result["streamed"]["rss_peak_mb"] >= result["streamed"]["rss_before_mb"]
+
+
+async def test_memory_downloads_count_failures_instead_of_hanging(tmp_path: Path) -> None:
+    async with open_fake_twilio(memory.ACCOUNT_SID, "a-different-token") as fake:
+        cdn = httpx.URL(fake.cdn_url)
+        with trio.fail_after(60):  # hang guard: failed downloads must still release the rest
+            result = await memory.downloads(fake.api_url, f"{cdn.host}:{cdn.port}", count=3,
+                                            size=64 * 1024, temp_dir=tmp_path, warm_up=False)
+    assert result["failures"] == {"MediaUnavailable": 3}  # 401: wrong credentials
+    assert not result["all_complete"]
+    assert result["temp_files_left"] == 0
+
+
+@pytest.mark.slow
+def test_bench_server_end_to_end_with_the_load_test(tmp_path: Path) -> None:
+    """bench.serve's stack: embedded servers, linked senders, fake Twilio, `enrich serve`;
+    every message is accepted, processed and confirmed."""
+    import subprocess
+
+    from bench.serve import BenchServer, ServeOptions
+
+    with BenchServer(ServeOptions(senders=5)) as server:
+        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
+               "LOAD_TEST_DUPLICATE_SHARE": "0"}
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
+             "--count", "12", "--out", str(tmp_path), "--name", "stack", "--no-plot"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        data = json.loads((tmp_path / "stack.json").read_text())
+        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        wait_pipeline_idle(server.database_url, timeout=60)
+        assert _statuses(server.database_url) == {"done": 12}
+        sent = httpx.get(server.fake["api_url"] + "/_fake/messages").json()
+        assert len(sent) == 12
