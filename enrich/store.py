@@ -373,10 +373,6 @@ async def claim_notifications(
     ]
 
 
-async def mark_sent(pool: ConnectionPool, note: Notification, provider_sid: str) -> None:
-    await mark_all_sent(pool, [(note, provider_sid)])
-
-
 async def mark_all_sent(
     pool: ConnectionPool, sent: Sequence[tuple[Notification, str]]
 ) -> None:

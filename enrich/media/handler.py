@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
@@ -83,7 +83,6 @@ class _InternalError(RecoverableError):
 class _ItemResult:
     outcome: MediaOutcome | None = None
     retry: RecoverableError | None = None  # give the job back to the runner
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MediaPipeline:
