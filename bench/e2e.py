@@ -2,7 +2,7 @@
 
     python -m bench.e2e [--messages 1000] [--rate 200] [--voice 0.4] [--image 0.3]
                         [--media-latency 0.2] [--media-kb 100] [--speech-latency 0.3]
-                        [--send-latency 0.05] [--env NAME=VALUE ...]
+                        [--send-latency 0.05] [--env NAME=VALUE ...] [--split]
 
 Starts ``enrich serve`` (bench.serve) with the fake Twilio (media served after
 ``--media-latency``, replies accepted after ``--send-latency``) and the fake Google Speech
@@ -19,6 +19,12 @@ database (``inbound_messages.received_at/completed_at``, ``notifications.sent_at
 * the Little's-law bound: for each stage, limiter size ÷ the stage's busy time per
   message (its configured latency times the share of messages that use it); the
   pipeline cannot beat the smallest. The measured ratio is throughput ÷ bound.
+
+``--split`` runs the multi-process deployment (bench.serve --split): webhooks in a
+``--role web`` process, the pipeline in a ``--role worker`` process at a lower CPU
+priority (``--worker-nice``), which finds new messages by polling every
+RECOVERY_INTERVAL_SECONDS (0.2 s there unless ``--env`` sets it). The limiters, the job
+log and the CPU figures are then the worker's, with the web process's CPU beside them.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class E2EOptions:
     voice_file: Path = FIXTURES / "note1.amr"
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
+    split: bool = False  # web and worker processes (bench.serve --split)
+    worker_nice: int = 10
 
 
 def register_media(api_url: str, opts: E2EOptions) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -226,7 +234,8 @@ def job_durations(log_path: Path, database_url: str) -> dict[str, Any]:
 
 def run(opts: E2EOptions) -> dict[str, Any]:
     serve = ServeOptions(senders=opts.senders, speech_latency=opts.speech_latency,
-                         twilio_send_latency=opts.send_latency, env=opts.env)
+                         twilio_send_latency=opts.send_latency, env=opts.env,
+                         split=opts.split, worker_nice=opts.worker_nice)
     with BenchServer(serve) as server:
         voice, image = register_media(server.fake["api_url"], opts)
         env = {**os.environ, **server.load_env()}
@@ -236,14 +245,19 @@ def run(opts: E2EOptions) -> dict[str, Any]:
                               duplicate_share=0.0, media_choices=choices)
         cfg.rate, cfg.max_requests, cfg.name = opts.rate, opts.messages, "e2e-ack"
         cfg.duration = opts.messages / opts.rate + 1
-        proc = psutil.Process(server.pid)
-        cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()
+        procs = {"server": psutil.Process(server.pid)}
+        if server.worker_pid is not None:
+            procs["worker"] = psutil.Process(server.worker_pid)
+        cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+        t0 = time.monotonic()
         ack = run_load(cfg)
-        sampler = LimiterSampler(server.origin, server.admin_token)
+        sampler = LimiterSampler(server.jobs_origin, server.admin_token)
         drained = wait_done(server.database_url, opts.messages, opts.timeout, sampler)
-        cpu_pct = 100 * (sum(proc.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        cpu_pct = {name: round(100 * (sum(p.cpu_times()[:2]) - cpu0[name]) / elapsed, 1)
+                   for name, p in procs.items()}
         db = from_database(server.database_url)
-        jobs = job_durations(server.root / "server.log", server.database_url)
+        jobs = job_durations(server.jobs_log, server.database_url)
         law = littles_law(opts, {**server.server_env(), **opts.env})
     thr = db["throughput"]
     achieved = thr["confirmed_steady_per_s"] or thr["confirmed_per_s"] or 0.0
@@ -262,7 +276,9 @@ def run(opts: E2EOptions) -> dict[str, Any]:
         "achieved_per_s": achieved, "ratio": round(achieved / bound, 4) if bound else None,
         "goal": ">= 90% of the Little's-law bound",
         "passed": bool(bound and achieved / bound >= 0.9),
-        "server_cpu_pct": round(cpu_pct, 1),
+        "deployment": serve.deployment,
+        "server_cpu_pct": cpu_pct["server"],
+        **({"worker_cpu_pct": cpu_pct["worker"]} if "worker" in cpu_pct else {}),
     }
 
 
@@ -270,7 +286,7 @@ def format_result(r: dict[str, Any]) -> str:
     db, law, ack = r["database"], r["littles_law"], r["ack_latency_ms"]
     o = r["options"]
     lines = [
-        "=== End-to-end pipeline ===",
+        f"=== End-to-end pipeline ({r.get('deployment', 'all')}) ===",
         f"{o['messages']} messages at {o['rate']:g}/s: voice {o['voice']:.0%}, image "
         f"{o['image']:.0%}, SMS {1 - o['voice'] - o['image']:.0%}; media latency "
         f"{o['media_latency']} s, speech {o['speech_latency']} s, Twilio send "
@@ -298,7 +314,9 @@ def format_result(r: dict[str, Any]) -> str:
         f"busy time {r['measured_processing_bound_per_s']}/s",
         f"{'✓' if r['passed'] else '✗'} achieved {r['achieved_per_s']}/s = "
         f"{(r['ratio'] or 0):.1%} of the bound (goal >= 90%); server process CPU "
-        f"{r['server_cpu_pct']}% of one core from first push to last reply",
+        f"{r['server_cpu_pct']}% of one core from first push to last reply"
+        + (f" (web; the niced worker {r['worker_cpu_pct']}%)" if "worker_cpu_pct" in r
+           else ""),
     ]
     return "\n".join(lines)
 
@@ -312,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)),
                             default=getattr(d, name))
     parser.add_argument("--voice-file", type=Path, default=d.voice_file)
+    parser.add_argument("--split", action="store_true",
+                        help="web + niced worker processes (bench.serve --split)")
+    parser.add_argument("--worker-nice", type=int, default=d.worker_nice, metavar="N")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)

@@ -15,6 +15,8 @@ Environment (the seed's names first):
     LOAD_TEST_MEDIA_BYTES  size of each generated MMS image (default 102400)
     LOAD_TEST_ADMIN_TOKEN  read /api/sms/performance/* during the run (cache hit rate, pool)
     LOAD_TEST_SERVER_PID   sample the server's RSS; LOAD_TEST_DATABASE_URL: pg_stat_activity
+    LOAD_TEST_WORKER_PID, LOAD_TEST_WORKER_URL  a separate job process (bench.serve --split):
+                           its CPU and RSS, and its /api/sms/performance/stats
     LOAD_TEST_CEILING_RPS  framework ceiling measured in the same session (bench.ceiling)
 
 ``--setup`` links the senders (verified) in the server's database first: DATABASE_URL,
@@ -64,6 +66,8 @@ class LoadConfig:
     admin_token: str | None = None
     database_url: str | None = None
     server_pid: int | None = None
+    worker_pid: int | None = None  # jobs in their own process (bench.serve --split)
+    worker_url: str | None = None  # its origin, for its performance statistics
     targets: Targets = field(default_factory=Targets)
     out_dir: Path = OUT_DIR
     name: str = ""
@@ -81,6 +85,7 @@ class LoadConfig:
         rate = env_float("LOAD_TEST_RATE", 0.0, e)
         count = env_int("LOAD_TEST_COUNT", 0, e)
         pid = env_int("LOAD_TEST_SERVER_PID", 0, e)
+        worker_pid = env_int("LOAD_TEST_WORKER_PID", 0, e)
         ceiling = env_float("LOAD_TEST_CEILING_RPS", 0.0, e)
         traffic = TrafficSpec(
             url=url,
@@ -106,6 +111,8 @@ class LoadConfig:
             admin_token=e.get("LOAD_TEST_ADMIN_TOKEN") or None,
             database_url=e.get("LOAD_TEST_DATABASE_URL") or None,
             server_pid=pid or None,
+            worker_pid=worker_pid or None,
+            worker_url=e.get("LOAD_TEST_WORKER_URL") or None,
             targets=Targets(p99_ms=env_float("LOAD_TEST_TARGET_P99_MS", 50.0, e),
                             ceiling_rps=ceiling or None),
             out_dir=Path(e.get("LOAD_TEST_OUT") or OUT_DIR),
@@ -210,7 +217,8 @@ def run_load(cfg: LoadConfig, *, seed: int | None = None) -> dict[str, Any]:
     errors: list[str] = []
     ready = 0
     progress = Progress(cfg, cfg.progress)
-    monitor = ServerMonitor(cfg.traffic.url, cfg.admin_token, cfg.server_pid, cfg.database_url)
+    monitor = ServerMonitor(cfg.traffic.url, cfg.admin_token, cfg.server_pid, cfg.database_url,
+                            worker_pid=cfg.worker_pid, worker_url=cfg.worker_url)
     try:
         while ready < len(procs):
             kind, index, data = q.get(timeout=120)

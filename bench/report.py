@@ -101,8 +101,9 @@ def analyse(config: dict[str, Any], results: list[dict[str, Any]], server: dict[
         first = float(((t >= 0) & (t < 10)).sum()) / 10
         last = float(((t >= span - 10) & (t < span)).sum()) / 10
     considered = sent - limited
-    if server.get("cpu_pct") and sent:
-        server["cpu_ms_per_request"] = round(server["cpu_pct"]["avg"] * 10 * span / sent, 3)
+    for proc in (server, server.get("worker") or {}):
+        if proc.get("cpu_pct") and sent:
+            proc["cpu_ms_per_request"] = round(proc["cpu_pct"]["avg"] * 10 * span / sent, 3)
     summary: dict[str, Any] = {
         "name": config.get("name"), "mode": config.get("mode"), "config": config,
         "machine": machine_info(), "started_at": started_at, "duration_s": span,
@@ -272,12 +273,33 @@ def format_report(s: dict[str, Any]) -> str:
                        f"request); whole machine "
                        f"{server.get('machine_cpu_pct')}% of all cores")
         if "peak_pool_connections" in server:
+            everyone = server.get("peak_pg_connections_all")
             out.append(f"  database connections: peak {server['peak_pool_connections']} "
                        f"(pool max {server.get('db_pool_max')}), pg_stat_activity peak "
-                       f"{server.get('peak_pg_connections', 'n/a')}")
+                       f"{server.get('peak_pg_connections', 'n/a')} per process"
+                       + (f" ({everyone} all processes)"
+                          if everyone and everyone != server.get("peak_pg_connections")
+                          else ""))
         if "rss_mb" in server:
             r = server["rss_mb"]
             out.append(f"  RSS: first {r['first']} MB, last {r['last']} MB, max {r['max']} MB")
+        worker = server.get("worker") or {}
+        if worker:
+            out.append(f"Worker process (jobs; pid {worker.get('pid')}):")
+            if "cpu_pct" in worker:
+                out.append(f"  CPU: avg {worker['cpu_pct']['avg']}%, max "
+                           f"{worker['cpu_pct']['max']}% of one core "
+                           f"({worker.get('cpu_ms_per_request')} ms per request)")
+            if "rss_mb" in worker:
+                r = worker["rss_mb"]
+                out.append(f"  RSS: first {r['first']} MB, last {r['last']} MB, "
+                           f"max {r['max']} MB")
+            pipeline = worker.get("pipeline") or {}
+            if pipeline:
+                latency = pipeline.get("jobLatencySeconds") or {}
+                out.append(f"  jobs {pipeline.get('jobs')}, replies "
+                           f"{pipeline.get('notifications')}; received -> stored avg "
+                           f"{latency.get('avg')} s over {latency.get('count')} jobs")
     out += ["", "=== Performance Assessment ==="]
     out += [f"{'✓' if t['ok'] else '✗'} {t['name']}: {t['detail']}" for t in s["targets"]]
     out.append("All targets met" if s["passed"] else "Some targets were missed")

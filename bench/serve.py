@@ -3,12 +3,21 @@ its senders linked, and Twilio (and optionally Speech) faked on loopback.
 
     python -m bench.serve [--port 3000] [--senders 1000] [--rate-limit 1000000]
                           [--speech-latency 0.2] [--env NAME=VALUE ...]
+                          [--role all|web|worker | --split [--worker-nice 10]]
 
 starts everything, writes the load test's environment to ``bench/out/serve.env``
 (mode 0600: it holds the generated tokens) and serves until Ctrl-C:
 
     set -a; . bench/out/serve.env; set +a
     python -m bench.load_test
+
+``--split`` runs the recommended multi-process deployment instead of one ``--role all``
+process: ``enrich serve --role web`` on the port (it answers every webhook) and
+``enrich serve --role worker`` on another free port (it processes and sends replies; it
+serves health and the performance API too), the worker started at a lower CPU priority
+(``--worker-nice``, default 10), so the OS scheduler runs the acks first. Both share the
+embedded PostgreSQL/Valkey, the fakes and the settings. The load test then watches the
+web process as "the server" and the worker apart (its pid, CPU, RSS and pipeline).
 
 In code, ``with BenchServer(ServeOptions(...)) as server:`` does the same and
 ``server.load_env()`` gives the load test's variables.
@@ -60,14 +69,23 @@ def spawn_json(args: list[str], env: dict[str, str], log: IO[bytes], timeout: fl
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    stop_processes([proc], timeout)
+    return proc.returncode
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM all at once (they drain in parallel), then wait; SIGKILL what outlives
+    ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
         try:
-            proc.wait(timeout)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    return proc.returncode
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -95,9 +113,24 @@ class ServeOptions:
     speech_latency: float | None = None  # start the fake Speech server with this latency
     twilio_send_latency: float = 0.0
     env: dict[str, str] = field(default_factory=dict)  # extra server settings
-    role: str = "all"  # enrich serve --role
+    role: str = "all"  # enrich serve --role (one process; ignored with split)
+    # The split deployment: a --role web process on ``port`` and a --role worker process
+    # on another port, started ``worker_nice`` steps nicer (lower CPU priority).
+    split: bool = False
+    worker_nice: int = 10
     profile_to: Path | None = None  # run the server under cProfile, stats written here
     keep: bool = False  # keep the temp dir (logs) after stop
+
+    @property
+    def deployment(self) -> str:
+        return "split" if self.split else self.role
+
+
+#: Settings of the split deployment's worker unless ``env`` gives them. A worker hears of
+#: the web process's messages only by polling: each poll takes at most JOB_QUEUE_SIZE
+#: (256) due rows, so the default 5 s interval would cap it near 50 messages/s and delay
+#: each by up to 5 s.
+SPLIT_WORKER_DEFAULTS = {"RECOVERY_INTERVAL_SECONDS": "0.2"}
 
 
 class BenchServer:
@@ -108,8 +141,10 @@ class BenchServer:
         self.admin_token = secrets.token_hex(16)
         self.account_sid = DEFAULT_ACCOUNT_SID
         self.port = self.options.port or free_port()
+        self.worker_port = free_port() if self.options.split else None
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: subprocess.Popen[bytes] | None = None  # the process answering webhooks
+        self.worker: subprocess.Popen[bytes] | None = None  # split: the niced job process
         self.fake: dict[str, Any] = {}
         self.speech: dict[str, Any] = {}
         self.database_url = ""
@@ -129,8 +164,31 @@ class BenchServer:
 
     @property
     def pid(self) -> int:
+        """The process answering webhooks ("the server")."""
         assert self.server is not None
         return self.server.pid
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self.worker.pid if self.worker is not None else None
+
+    @property
+    def worker_origin(self) -> str | None:
+        return f"http://localhost:{self.worker_port}" if self.worker_port else None
+
+    @property
+    def jobs_origin(self) -> str:
+        """Where the job runner runs (its limiters, its pipeline statistics)."""
+        return self.worker_origin or self.origin
+
+    @property
+    def jobs_log(self) -> Path:
+        """The log with the runner's lines ("job finished")."""
+        return self.root / ("worker.log" if self.options.split else "server.log")
+
+    @property
+    def enrich_procs(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.server, self.worker) if p is not None]
 
     def _log(self, name: str) -> IO[bytes]:
         fh = open(self.root / name, "ab")  # noqa: SIM115 - closed in stop()
@@ -180,17 +238,48 @@ class BenchServer:
                     base_env, self._log("fake_speech.log"))
                 self.procs.append(proc)
             env = {**base_env, **self.server_env(), **self.options.env}
-            profile = (["-m", "cProfile", "-o", str(self.options.profile_to)]
-                       if self.options.profile_to else [])
-            self.server = subprocess.Popen(
-                [sys.executable, *profile, "-m", "enrich", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--role", self.options.role],
-                env=env, stdout=self._log("server.log"), stderr=subprocess.STDOUT)
-            wait_ready(self.origin + "/health/ready", 60, self.server)
+            if not self.options.split:
+                self.server = self._spawn_enrich(self.options.role, self.port, env,
+                                                 "server.log", self.options.profile_to)
+                wait_ready(self.origin + "/health/ready", 60, self.server)
+            else:
+                assert self.worker_port is not None and self.worker_origin is not None
+                # Distinct instance ids: each process owns (and cleans) its temp
+                # subdirectory, and its PostgreSQL connections are named after it.
+                instance = env.get("INSTANCE_ID") or f"bench-{self.port}"
+                profile = self.options.profile_to
+                self.server = self._spawn_enrich(
+                    "web", self.port, {**env, "INSTANCE_ID": f"{instance}-web"},
+                    "server.log", profile)
+                self.worker = self._spawn_enrich(
+                    "worker", self.worker_port,
+                    {**SPLIT_WORKER_DEFAULTS, **env, "INSTANCE_ID": f"{instance}-worker"},
+                    "worker.log", profile and profile.with_name(profile.name + ".worker"),
+                    nice=self.options.worker_nice)
+                wait_ready(self.origin + "/health/ready", 60, self.server)
+                wait_ready(self.worker_origin + "/health/ready", 60, self.worker)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _spawn_enrich(self, role: str, port: int, env: dict[str, str], log_name: str,
+                      profile_to: Path | None, nice: int = 0) -> subprocess.Popen[bytes]:
+        profile = ["-m", "cProfile", "-o", str(profile_to)] if profile_to else []
+        proc = subprocess.Popen(
+            [sys.executable, *profile, "-m", "enrich", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--role", role],
+            env=env, stdout=self._log(log_name), stderr=subprocess.STDOUT)
+        if nice:
+            # Set from here rather than in a preexec_fn (not safe with threads in this
+            # process): the child is still importing, and anything it starts inherits it.
+            try:
+                ours = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, ours + nice))
+            except OSError:
+                stop_process(proc)
+                raise
+        return proc
 
     def server_env(self) -> dict[str, str]:
         cdn = httpx.URL(self.fake["cdn_url"])
@@ -221,12 +310,14 @@ class BenchServer:
             "LOAD_TEST_ADMIN_TOKEN": self.admin_token,
             "LOAD_TEST_SERVER_PID": str(self.pid),
             "LOAD_TEST_DATABASE_URL": self.database_url,
+            **({"LOAD_TEST_WORKER_PID": str(self.worker_pid),
+                "LOAD_TEST_WORKER_URL": self.worker_origin}
+               if self.worker_pid and self.worker_origin else {}),
         }
 
     def stop(self) -> None:
-        if self.server is not None:
-            stop_process(self.server)
-            self.server = None
+        stop_processes(self.enrich_procs)
+        self.server = self.worker = None
         for proc in self.procs:
             stop_process(proc, timeout=10)
         self.procs.clear()
@@ -240,8 +331,9 @@ class BenchServer:
         if not self.options.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def server_log_tail(self, lines: int = 30) -> str:
-        path = self.root / "server.log"
+    def server_log_tail(self, lines: int = 30, name: str = "server.log") -> str:
+        """The last lines of a log: server.log (webhooks), worker.log (split)."""
+        path = self.root / name
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -263,26 +355,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speech-latency", type=float, help="also run the fake Speech server")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra server setting (repeatable)")
-    parser.add_argument("--role", choices=("all", "web", "worker"), default="all")
+    parser.add_argument("--role", choices=("all", "web", "worker"), default="all",
+                        help="one enrich process with this role (default all)")
+    parser.add_argument("--split", action="store_true",
+                        help="two processes: --role web on --port and --role worker on a "
+                             "free port, the worker at a lower CPU priority")
+    parser.add_argument("--worker-nice", type=int, default=10, metavar="N",
+                        help="with --split: the worker's niceness increment (default 10)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="run the server under cProfile; stats written at exit")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
+    parser.add_argument("--env-file", type=Path, metavar="FILE",
+                        help="where to write the load test's environment "
+                             "(default bench/out/serve.env)")
     args = parser.parse_args(argv)
+    if args.split and args.role != "all":
+        parser.error("--split runs a web and a worker process: leave --role out")
+    if not 0 <= args.worker_nice <= 19:
+        parser.error("--worker-nice must be between 0 and 19")
     extra = dict(item.split("=", 1) for item in args.env)
+
+    def interrupted(signum: int, frame: object) -> None:
+        # SIGTERM stops everything as Ctrl-C does; a second one must not cut the cleanup.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     options = ServeOptions(port=args.port, senders=args.senders, rate_limit=args.rate_limit,
                            speech_latency=args.speech_latency, env=extra, keep=args.keep,
-                           role=args.role, profile_to=args.profile)
+                           role=args.role, split=args.split, worker_nice=args.worker_nice,
+                           profile_to=args.profile)
     with BenchServer(options) as server:
-        env_file = out_path("serve.env")
+        env_file = args.env_file or out_path("serve.env")
+        env_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.writelines(f"{k}={v}\n" for k, v in server.load_env().items())
-        print(f"enrich serving {server.url} (pid {server.pid}, data and logs in {server.root})\n"
+        worker = (f"; worker pid {server.worker_pid} on {server.worker_origin}, nice "
+                  f"+{options.worker_nice}" if server.worker is not None else "")
+        print(f"enrich serving {server.url} (pid {server.pid}{worker}; data and logs in "
+              f"{server.root})\n"
               f"{options.senders} senders linked; load test environment in {env_file}:\n"
               f"  set -a; . {env_file}; set +a; python -m bench.load_test\n"
-              "Ctrl-C stops everything.", file=sys.stderr)
+              "Ctrl-C (or SIGTERM) stops everything.", file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
-            while server.server is not None and server.server.poll() is None:
+            while server.enrich_procs and all(p.poll() is None for p in server.enrich_procs):
                 time.sleep(0.5)
     return 0
 

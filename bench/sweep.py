@@ -8,6 +8,9 @@ open-model steps at increasing rates, each against a fresh server (bench.serve: 
 step starts from the same empty state, with the pipeline processing what the step
 sends), stops at the first rate that misses (p99 over the bound, any failure, or fewer
 answers than 95 % of the arrivals), and bisects twice between the last pass and it.
+``--split`` sweeps the multi-process deployment (bench.serve --split: webhooks in a
+``--role web`` process, jobs in a niced ``--role worker`` process); ``--role web`` sweeps
+a server without the job runner at all.
 """
 
 from __future__ import annotations
@@ -46,9 +49,13 @@ def _step(env: dict[str, str], rate: float, seconds: float, p99_ms: float,
            "p50_ms": s["latency_ms"]["p50"], "failed": s["totals"]["failed"],
            "answers_per_s": answered, "server_cpu": (s["server"].get("cpu_pct") or {}),
            "generator_cpu_pct": s["generator"]["cpu_pct_of_one_core"]}
+    worker = s["server"].get("worker")
+    if worker is not None:
+        row["worker_cpu"] = worker.get("cpu_pct") or {}
     print(f"  {rate:7.0f}/s  p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  "
           f"failed {row['failed']}  answered {answered:7.1f}/s  "
-          f"{'pass' if ok else 'MISS'}  server CPU {row['server_cpu'].get('avg')}%",
+          f"{'pass' if ok else 'MISS'}  server CPU {row['server_cpu'].get('avg')}%"
+          + (f", worker {row['worker_cpu'].get('avg')}%" if "worker_cpu" in row else ""),
           file=sys.stderr, flush=True)
     return row
 
@@ -90,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--role", choices=("all", "web"), default="all",
                         help="web: the server only answers webhooks (no pipeline)")
+    parser.add_argument("--split", action="store_true",
+                        help="web and (niced) worker processes, as bench.serve --split")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
+    if args.split and args.role != "all":
+        parser.error("--split runs a web and a worker process: leave --role out")
     from bench.ceiling import measure
 
     print("ceiling (trivial route, closed model, 100 connections) ...", file=sys.stderr)
@@ -99,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                       progress=False)
     ceiling_rps = ceiling["throughput"]["answers_per_s"]
     print(f"  ceiling {ceiling_rps:.0f}/s", file=sys.stderr)
-    result = sweep(ServeOptions(senders=args.senders, role=args.role),
-                   [float(r) for r in args.rates.split(",")],
+    options = ServeOptions(senders=args.senders, role=args.role, split=args.split)
+    result = sweep(options, [float(r) for r in args.rates.split(",")],
                    seconds=args.step_seconds, p99_ms=args.p99_ms, workers=args.workers)
     result["role"] = args.role
+    result["deployment"] = options.deployment
     result["ceiling_rps"] = ceiling_rps
     result["ceiling_p99_ms"] = ceiling["latency_ms"]["p99"]
     best = result["best_rate"] or 0.0

@@ -120,6 +120,8 @@ def create_app(
         state.runner = JobRunner(
             settings, services.db, processor or Processor(extractor, media), metrics,
             on_done=state.outbox.wake,
+            # Pacing (acks first) only where webhooks share this event loop.
+            shares_loop_with_acks=role == "all",
         )
         ingest.on_accepted = state.runner.notify if role == "all" else None
         runner = state.runner

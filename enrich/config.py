@@ -395,8 +395,10 @@ class Settings:
     )
     processing_target_lag_ms: float = _var(
         "PROCESSING_TARGET_LAG_MS", _float_range(0, 10_000), "5",
-        "Acks first: when the event loop runs later than this, fewer messages are "
-        "processed at once (down to none) until it catches up; 0 disables.",
+        "Acks first, in a process that also answers webhooks (role all): when the event "
+        "loop runs later than this, fewer messages are processed at once (down to none) "
+        "until it catches up; 0 disables. Never applied with --role worker (no acks to "
+        "protect).",
     )
     job_queue_size: int = _var(
         "JOB_QUEUE_SIZE", _int_range(1, 100_000), "256", "Jobs buffered in memory."

@@ -17,6 +17,10 @@ Shape:
   failures go back with exponential backoff; after JOB_MAX_ATTEMPTS, or at once for
   permanent failures, the message is failed with its reason and the sender told.
 
+Acks first (``enrich.core.pacing``): when the process also answers webhooks
+(``shares_loop_with_acks``, role ``all``), the PROCESSING_CONCURRENCY limit follows the event
+loop's lag, so jobs never make Twilio wait; in a worker-only process it stays fixed.
+
 Shutdown (``drain``): stop taking hints, give running jobs the grace period, then cancel
 the rest; a cancelled job hands its message back at once, so the next start (or another
 process) picks it up.
@@ -88,6 +92,7 @@ class JobRunner:
         *,
         on_done: Callable[[], None] | None = None,
         lag_probe: Callable[[], Awaitable[float]] | None = None,
+        shares_loop_with_acks: bool = True,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -99,8 +104,11 @@ class JobRunner:
         self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
-        self.pacing = AdaptiveLimit(0, settings.processing_concurrency,
-                                    settings.processing_target_lag_ms / 1000)
+        # Pacing protects webhook acks answered on this event loop; a worker-only process
+        # (``--role worker``) has none, and pacing there would only throttle throughput.
+        target_lag_s = (settings.processing_target_lag_ms / 1000
+                        if shares_loop_with_acks else 0.0)
+        self.pacing = AdaptiveLimit(0, settings.processing_concurrency, target_lag_s)
         self._unpaused = trio.Event()
         self._unpaused.set()
         self._lag_probe = lag_probe or measure_lag

@@ -182,3 +182,42 @@ def test_bench_server_end_to_end_with_the_load_test(tmp_path: Path) -> None:
         assert _statuses(server.database_url) == {"done": 12}
         sent = httpx.get(server.fake["api_url"] + "/_fake/messages").json()
         assert len(sent) == 12
+
+
+@pytest.mark.slow
+def test_bench_server_split_deployment(tmp_path: Path) -> None:
+    """bench.serve --split: webhooks in a --role web process, jobs in a niced --role worker
+    process; the load test watches both, the worker processes everything, and stopping
+    the bench server stops both."""
+    import subprocess
+
+    import psutil
+
+    from bench.serve import BenchServer, ServeOptions
+
+    with BenchServer(ServeOptions(senders=5, split=True, worker_nice=7)) as server:
+        assert server.worker_pid is not None and server.worker_pid != server.pid
+        web, worker = psutil.Process(server.pid), psutil.Process(server.worker_pid)
+        assert "--role" in web.cmdline() and web.cmdline()[-1] == "web"
+        assert worker.cmdline()[-1] == "worker"
+        assert worker.nice() - web.nice() == 7
+        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
+               "LOAD_TEST_DUPLICATE_SHARE": "0"}
+        assert env["LOAD_TEST_WORKER_PID"] == str(server.worker_pid)
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
+             "--count", "12", "--out", str(tmp_path), "--name", "split", "--no-plot"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        data = json.loads((tmp_path / "split.json").read_text())
+        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        assert data["server"]["worker"]["pid"] == server.worker_pid
+        assert data["server"]["worker"]["rss_mb"]["max"] > 0
+        assert "Worker process (jobs" in run.stdout
+        wait_pipeline_idle(server.database_url, timeout=60)
+        assert _statuses(server.database_url) == {"done": 12}
+        # The worker ran every job; the web process none.
+        assert server.jobs_log.name == "worker.log"
+        assert server.jobs_log.read_text().count('"job finished"') == 12
+        assert '"job finished"' not in (server.root / "server.log").read_text()
+        assert len(httpx.get(server.fake["api_url"] + "/_fake/messages").json()) == 12
+    assert not web.is_running() and not worker.is_running()

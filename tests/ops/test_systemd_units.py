@@ -1,5 +1,9 @@
 """The shipped systemd units: hardening policy (pure) and `systemd-analyze verify` (real).
 
+Four units: enrich.service (one process, role all), the enrich@.service template (one
+process per port), and the split deployment: enrich-web.service (role web) with
+enrich-worker@.service (role worker, at a lower CPU priority).
+
 `systemd-analyze verify` needs the ExecStart binary to exist, so each unit is
 copied to a temp directory with ExecStart pointed at a stub executable; the
 rest of the file is verified exactly as shipped. When systemd-analyze is
@@ -24,6 +28,10 @@ from enrich.config import Settings, describe_variables
 UNITS = Path(__file__).parents[2] / "systemd"
 SERVICE = UNITS / "enrich.service"
 TEMPLATE = UNITS / "enrich@.service"
+WEB = UNITS / "enrich-web.service"
+WORKER = UNITS / "enrich-worker@.service"
+#: Every shipped unit and the role its ExecStart runs.
+ROLES = {SERVICE: "all", TEMPLATE: "all", WEB: "web", WORKER: "worker"}
 SHIPPED_EXEC = "/opt/enrich/venv/bin/enrich"
 
 Unit = dict[str, dict[str, list[str]]]
@@ -109,17 +117,22 @@ HARDENING_YES = (
 )
 
 
-@pytest.fixture(params=[SERVICE, TEMPLATE], ids=lambda p: p.name)
-def unit(request: pytest.FixtureRequest) -> Unit:
+@pytest.fixture(params=list(ROLES), ids=lambda p: p.name)
+def unit_file(request: pytest.FixtureRequest) -> Path:
     path: Path = request.param
-    return parse_unit(path.read_text())
+    return path
 
 
-def test_service_type_and_lifecycle(unit: Unit) -> None:
+@pytest.fixture
+def unit(unit_file: Path) -> Unit:
+    return parse_unit(unit_file.read_text())
+
+
+def test_service_type_and_lifecycle(unit: Unit, unit_file: Path) -> None:
     service = unit["Service"]
     assert one(service, "Type") == "notify"
     assert one(service, "NotifyAccess") == "main"
-    assert one(service, "ExecStart") == f"{SHIPPED_EXEC} serve --role all"
+    assert one(service, "ExecStart") == f"{SHIPPED_EXEC} serve --role {ROLES[unit_file]}"
     assert one(service, "WatchdogSec") == "30"
     assert one(service, "Restart") == "on-failure"
     assert one(service, "RestartSec") == "2"
@@ -192,6 +205,27 @@ def test_template_is_parameterised_by_port() -> None:
     ]
 
 
+def test_split_deployment_puts_the_webhooks_first() -> None:
+    web = parse_unit(WEB.read_text())["Service"]
+    worker = parse_unit(WORKER.read_text())["Service"]
+    # The worker yields the CPU to the webhooks: by niceness within a cgroup, by weight
+    # between the services' cgroups (default weight 100, nice 0).
+    assert int(one(worker, "Nice")) >= 5
+    assert int(one(worker, "CPUWeight")) < 100
+    assert "Nice" not in web and "CPUWeight" not in web
+    web_env, worker_env = environment(web), environment(worker)
+    assert web_env["PORT"] == "3000" and worker_env["PORT"] == "%i"
+    # Distinct instances: own leases' names, temp subdirectories, state and runtime dirs.
+    assert web_env["INSTANCE_ID"] != worker_env["INSTANCE_ID"]
+    assert "%i" in worker_env["INSTANCE_ID"]
+    assert one(web, "StateDirectory") != one(worker, "StateDirectory")
+    assert "%i" in one(worker, "StateDirectory") and "%i" in one(worker, "RuntimeDirectory")
+    assert worker["EnvironmentFile"] == [
+        "/etc/enrich/enrich.env",
+        "-/etc/enrich/enrich-worker@%i.env",
+    ]
+
+
 # --- systemd-analyze verify -----------------------------------------------------
 
 _LOUD_SKIP = (
@@ -231,14 +265,14 @@ def systemd_analyze() -> str:
 
 @pytest.fixture
 def unit_dir(tmp_path: Path) -> Iterator[Path]:
-    """Copies of both units with ExecStart pointed at an executable stub."""
+    """Copies of every unit with ExecStart pointed at an executable stub."""
     stub = tmp_path / "bin" / "enrich"
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
     units = tmp_path / "units"
     units.mkdir()
-    for source in (SERVICE, TEMPLATE):
+    for source in ROLES:
         text, count = re.subn(
             rf"^ExecStart={re.escape(SHIPPED_EXEC)}\b",
             f"ExecStart={stub}",
@@ -274,7 +308,9 @@ def test_verify_single_instance_unit(systemd_analyze: str, unit_dir: Path) -> No
     assert verify(systemd_analyze, unit_dir / "enrich.service") == []
 
 
-@pytest.mark.parametrize("name", ["enrich@.service", "enrich@3001.service"])
+@pytest.mark.parametrize("name", ["enrich@.service", "enrich@3001.service",
+                                  "enrich-web.service", "enrich-worker@.service",
+                                  "enrich-worker@3101.service"])
 def test_verify_template_and_an_instance(systemd_analyze: str, unit_dir: Path, name: str) -> None:
     # enrich@3001.service is not a file: systemd-analyze loads it from the
     # template next to it, expanding %i, as systemctl would.

@@ -4,10 +4,12 @@ leases, and several runners sharing one database, all on real apps and PostgreSQ
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import trio
 
+from enrich.app import create_app, get_state
 from enrich.config import Settings
 from enrich.db.pool import ConnectionPool
 from enrich.extraction import Extraction, default_extractor
@@ -17,6 +19,7 @@ from enrich.pipeline.process import Processor
 from enrich.pipeline.runner import FAILURE_TEXT, JobRunner
 from enrich.store import Job
 from enrich.testing.fake_twilio import FakeTwilio
+from tests.conftest import make_settings
 from tests.webhook.helpers import (
     OUTCOME,
     SENDER,
@@ -408,3 +411,19 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
             nursery.cancel_scope.cancel()
     finally:
         await pool.close()
+
+
+def test_pacing_applies_only_where_webhooks_share_the_loop(tmp_path: Path) -> None:
+    # Role all answers webhooks on the runner's loop: pacing protects those acks. A
+    # worker-only process has no acks to protect, so it never paces, whatever the setting.
+    settings = make_settings(
+        tmp_path, DATABASE_URL="postgresql://127.0.0.1:1/unused",
+        REDIS_URL="redis://127.0.0.1:1/0", STT_ENGINE="none", PROCESSING_TARGET_LAG_MS="5")
+    paced = {}
+    for role in ("all", "worker"):
+        runner = get_state(create_app(settings, role=role)).runner
+        assert runner is not None
+        paced[role] = runner.pacing.enabled
+        assert runner.pacing.limit == runner.limiter.total_tokens == 100  # full concurrency
+    assert paced == {"all": True, "worker": False}
+    assert get_state(create_app(settings, role="web")).runner is None
