@@ -13,6 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import outcome
+import psycopg
+
+from enrich.batching import Batcher
 from enrich.caching import AsyncTTLCache
 from enrich.config import Settings
 from enrich.core.inbound import InboundMessage, InboundParseError, parse_inbound
@@ -22,7 +26,7 @@ from enrich.core.twiml import render_message
 from enrich.db.pool import ConnectionPool
 from enrich.ratelimit import Decision, RateLimiter, retry_phrase
 from enrich.redis_client import RedisClient, RedisUnavailable
-from enrich.store import Owner, insert_message, lookup_owner, message_status
+from enrich.store import NewMessage, Owner, insert_messages, lookup_owner, message_status
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,15 @@ def limit_text(limit: int, retry_after_s: float | None) -> str:
     )
 
 
+# At most this many messages per INSERT, and this many INSERTs in flight at once. Two
+# lanes keep one statement's round trip from stalling the next batch; more would spend
+# connections (and the loop's time) on small batches. The deadline covers the
+# statement once a connection is in hand.
+INSERT_BATCH_MAX = 64
+INSERT_LANES = 2
+INSERT_DEADLINE_S = 10.0
+
+
 class Ingest:
     def __init__(
         self,
@@ -86,6 +99,12 @@ class Ingest:
             "verification", maxsize=500, ttl=settings.cache_verification_ttl / 1000
         )
         self.limiter = RateLimiter(redis, settings.rate_limit_messages_per_hour)
+        # Concurrent webhooks share INSERTs (enrich.batching): one statement stores every
+        # message that queued while the previous statement ran.
+        self.inserts: Batcher[NewMessage, int | None] = Batcher(
+            self._insert_batch, max_batch=INSERT_BATCH_MAX, lanes=INSERT_LANES,
+            timeout=db.acquire_timeout + db.connect_timeout + INSERT_DEADLINE_S,
+        )
         # Fallback for the unknown-sender reply throttle when Redis is down.
         self._replied_locally: AsyncTTLCache[str, bool] = AsyncTTLCache(
             "unknownReply", maxsize=10_000, ttl=float(settings.unknown_sender_reply_interval)
@@ -122,10 +141,9 @@ class Ingest:
         decision = await self.limiter.check(sender, msg.message_sid)
         if not decision.allowed:
             # Recorded (counted, never processed), so a redelivery replays this answer.
-            stored = await insert_message(
-                self.db, msg, from_e164=sender, user_id=owner.user_id, status="rejected",
-                last_error="rate_limited",
-            )
+            stored = await self.inserts.submit(NewMessage(
+                msg, sender, owner.user_id, status="rejected", last_error="rate_limited"
+            ))
             if stored is None:
                 return await self._redelivery(msg, sender, decision)
             log.info(
@@ -137,7 +155,7 @@ class Ingest:
             return Answer(Outcome.RATE_LIMITED, 200, render_message(text),
                           message_sid=msg.message_sid)
 
-        message_id = await insert_message(self.db, msg, from_e164=sender, user_id=owner.user_id)
+        message_id = await self.inserts.submit(NewMessage(msg, sender, owner.user_id))
         if message_id is None:  # delivered before (or concurrently, and the other won)
             return await self._redelivery(msg, sender, decision)
         if self.on_accepted is not None:
@@ -184,6 +202,24 @@ class Ingest:
                 return False
             self._replied_locally.set(sender, True)
             return True
+
+    async def _insert_batch(
+        self, rows: Sequence[NewMessage]
+    ) -> list[outcome.Outcome[int | None]]:
+        try:
+            return [outcome.Value(i) for i in await insert_messages(self.db, rows)]
+        except (psycopg.DataError, psycopg.IntegrityError):
+            if len(rows) == 1:
+                raise
+        # One row the database refuses must not fail the others in its batch: store them
+        # one by one, so only that row's webhook gets the error.
+        results: list[outcome.Outcome[int | None]] = []
+        for row in rows:
+            try:
+                results.append(outcome.Value((await insert_messages(self.db, [row]))[0]))
+            except Exception as exc:
+                results.append(outcome.Error(exc))
+        return results
 
     # --- cached lookups -----------------------------------------------------------------
 

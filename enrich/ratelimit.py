@@ -18,18 +18,26 @@ import contextlib
 import logging
 import math
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import outcome
 import trio
 
+from enrich.batching import Batcher
 from enrich.caching import AsyncTTLCache
 from enrich.redis_client import RedisClient, RedisUnavailable
+from enrich.resp import RespError
 
 log = logging.getLogger(__name__)
 
 WINDOW_S = 3600.0
 STATUS_CACHE_SIZE = 1000
 STATUS_CACHE_TTL_S = 60.0
+# Concurrent checks share a pipelined round trip (enrich.batching); see Ingest's INSERTs.
+CHECK_BATCH_MAX = 64
+CHECK_LANES = 2
 
 SLIDING_WINDOW_LUA = """
 local key = KEYS[1]
@@ -107,6 +115,12 @@ class RateLimiter:
         self.limit = limit
         self.key_prefix = key_prefix
         self._script = redis.script(SLIDING_WINDOW_LUA)
+        # A batch may take two round trips (EVALSHA, then EVAL if the script was lost),
+        # each under the client's own deadline.
+        self.batcher: Batcher[tuple[str, str], Any] = Batcher(
+            self._run_checks, max_batch=CHECK_BATCH_MAX, lanes=CHECK_LANES,
+            timeout=2 * redis.timeout + 1.0,
+        )
         self.status_cache: AsyncTTLCache[str, float] = AsyncTTLCache(
             "rateLimit", maxsize=STATUS_CACHE_SIZE, ttl=STATUS_CACHE_TTL_S
         )
@@ -123,10 +137,8 @@ class RateLimiter:
             self.rejections += 1
             return Decision(False, self.limit, self.limit, blocked_until - now, "cache")
         try:
-            allowed, count, retry_ms, added = await self._script(
-                [self.key_prefix + sender], [int(WINDOW_S * 1000), self.limit, message_sid]
-            )
-        except RedisUnavailable as exc:
+            allowed, count, retry_ms, added = await self.batcher.submit((sender, message_sid))
+        except (RedisUnavailable, trio.TooSlowError) as exc:
             if not self.fallback_engaged:
                 log.warning(
                     "Redis unavailable: rate limiting in-process",
@@ -151,6 +163,14 @@ class RateLimiter:
             # Remember until they may send again (capped by the status cache's own TTL).
             self.status_cache.set(sender, now + min(decision.retry_after_s, STATUS_CACHE_TTL_S))
         return decision
+
+    async def _run_checks(self, checks: Sequence[tuple[str, str]]) -> list[outcome.Outcome[Any]]:
+        window_ms = int(WINDOW_S * 1000)
+        replies = await self._script.run_many(
+            [([self.key_prefix + sender], [window_ms, self.limit, sid]) for sender, sid in checks]
+        )
+        return [outcome.Error(r) if isinstance(r, RespError) else outcome.Value(r)
+                for r in replies]
 
     def forget(self, sender: str) -> None:
         self.status_cache.invalidate(sender)

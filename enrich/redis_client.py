@@ -75,15 +75,22 @@ class _Connection:
         self.last_used = time.monotonic()
 
     async def call(self, *args: Any) -> Any:
-        await self.stream.send_all(encode_command(*args))
-        while True:
+        return (await self.call_many([args]))[0]
+
+    async def call_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Pipeline: one write for all commands, then their replies in order."""
+        await self.stream.send_all(b"".join(encode_command(*c) for c in commands))
+        replies: list[Any] = []
+        while len(replies) < len(commands):
             reply = self.parser.next()
             if reply is not NEED_DATA:
-                return reply
+                replies.append(reply)
+                continue
             data = await self.stream.receive_some(READ_SIZE)
             if not data:
                 raise RedisUnavailable("Redis closed the connection")
             self.parser.feed(data)
+        return replies
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -105,6 +112,23 @@ class Script:
             if exc.prefix != "NOSCRIPT":
                 raise
         return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
+
+    async def run_many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per (keys, args), pipelined; error replies come back as
+        RespError values in their places, connection trouble raises RedisUnavailable."""
+        replies = await self.client.execute_many(
+            [("EVALSHA", self.sha, len(keys), *keys, *args) for keys, args in calls]
+        )
+        missing = [i for i, r in enumerate(replies) if isinstance(r, RespError)
+                   and r.prefix == "NOSCRIPT"]
+        if missing:  # the server restarted or was flushed: EVAL loads it again
+            again = await self.client.execute_many(
+                [("EVAL", self.source, len(calls[i][0]), *calls[i][0], *calls[i][1])
+                 for i in missing]
+            )
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
 
 class RedisClient:
@@ -175,21 +199,32 @@ class RedisClient:
     async def execute(self, *args: Any, timeout: float | None = None) -> Any:
         """Run one command under a deadline. Error replies raise RespError; connection
         trouble and timeouts raise RedisUnavailable."""
+        reply = (await self.execute_many([args], timeout=timeout))[0]
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    async def execute_many(
+        self, commands: Sequence[Sequence[Any]], *, timeout: float | None = None
+    ) -> list[Any]:
+        """Run commands pipelined on one connection (one write, one deadline for all).
+        Error replies are returned as RespError values in their places; connection
+        trouble and timeouts raise RedisUnavailable."""
+        if not commands:
+            return []
         limit = self.timeout if timeout is None else timeout
         try:
             with trio.fail_after(limit):
                 async with self._connection() as conn:
-                    reply = await conn.call(*args)
+                    replies = await conn.call_many(commands)
         except trio.TooSlowError as exc:
             raise RedisUnavailable(f"Redis did not answer within {limit:.2f}s") from exc
         except RedisUnavailable:
             raise
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise RedisUnavailable(f"Redis connection failed: {type(exc).__name__}") from exc
-        self.calls += 1
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
+        self.calls += len(commands)
+        return replies
 
     def script(self, source: str) -> Script:
         return Script(self, source)

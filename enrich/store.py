@@ -92,6 +92,59 @@ def _media_json(msg: InboundMessage) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """An inbound message the webhook decided to store."""
+
+    msg: InboundMessage
+    from_e164: str
+    user_id: uuid.UUID | None
+    status: str = "received"  # or "rejected" (rate limited: counted, never processed)
+    last_error: str | None = None
+
+
+# One statement for any number of messages: the webhook's batcher (enrich.ingest) sends
+# every INSERT that queued while the previous one ran. Columns travel as arrays.
+_INSERT_MESSAGES = """
+INSERT INTO inbound_messages
+    (message_sid, account_sid, user_id, from_number, to_number, body,
+     num_media, media, status, last_error, completed_at)
+SELECT sid, account, uid, from_e164, to_number, body, num_media, media, status, last_error,
+       CASE WHEN status = 'rejected' THEN now() END
+FROM unnest(%s::text[], %s::text[], %s::uuid[], %s::text[], %s::text[], %s::text[],
+            %s::int[], %s::jsonb[], %s::text[], %s::text[])
+     AS t(sid, account, uid, from_e164, to_number, body, num_media, media, status, last_error)
+ON CONFLICT (message_sid) DO NOTHING
+RETURNING id, message_sid
+"""
+
+
+async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> list[int | None]:
+    """Store messages durably in one statement (one transaction).
+
+    Returns each row's id, or None where its MessageSid was already stored (by an
+    earlier delivery, or by an earlier row of this same batch).
+    """
+    if not rows:
+        return []
+    columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
+    for row in rows:
+        m = row.msg
+        for column, value in zip(columns, (
+            m.message_sid, m.account_sid, row.user_id, row.from_e164, m.to_number, m.body,
+            m.num_media, _media_json(m), row.status, row.last_error,
+        ), strict=True):
+            column.append(value)
+    async with pool.connection() as conn:
+        cur = await conn.execute(_INSERT_MESSAGES, columns, prepare=True)
+        inserted = {str(sid): int(id_) for id_, sid in await cur.fetchall()}
+    ids: list[int | None] = []
+    for row in rows:
+        # pop: a SID repeated within the batch gets its id once, like a redelivery.
+        ids.append(inserted.pop(row.msg.message_sid, None))
+    return ids
+
+
 async def insert_message(
     pool: ConnectionPool,
     msg: InboundMessage,
@@ -101,35 +154,9 @@ async def insert_message(
     status: str = "received",
     last_error: str | None = None,
 ) -> int | None:
-    """Store the message durably; return its id, or None when the SID was already stored."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            """
-            INSERT INTO inbound_messages
-                (message_sid, account_sid, user_id, from_number, to_number, body,
-                 num_media, media, status, last_error, completed_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s,
-                    CASE WHEN %s = 'rejected' THEN now() END)
-            ON CONFLICT (message_sid) DO NOTHING
-            RETURNING id
-            """,
-            (
-                msg.message_sid,
-                msg.account_sid,
-                user_id,
-                from_e164,
-                msg.to_number,
-                msg.body,
-                msg.num_media,
-                _media_json(msg),
-                status,
-                last_error,
-                status,
-            ),
-            prepare=True,
-        )
-        row = await cur.fetchone()
-    return int(row[0]) if row else None
+    """Store one message; return its id, or None when the SID was already stored."""
+    row = NewMessage(msg, from_e164, user_id, status, last_error)
+    return (await insert_messages(pool, [row]))[0]
 
 
 # --- job runner -------------------------------------------------------------------------

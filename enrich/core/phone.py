@@ -22,6 +22,7 @@ to hand-roll. Two deliberate choices:
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -62,6 +63,13 @@ def normalize_e164(raw: str, default_region: str = "US") -> str:
         raise InvalidPhoneNumber("phone number is too long")
     if not _PHONE_CHARS.fullmatch(text):
         raise InvalidPhoneNumber("phone number may only contain digits and separators")
+    return _parse_e164(text, default_region)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_e164(text: str, default_region: str) -> str:
+    # phonenumbers costs ~50 µs a call, as much as the webhook's HMAC; senders repeat.
+    # Only successes are cached (lru_cache does not keep exceptions).
     try:
         number = phonenumbers.parse(text, default_region)
     except NumberParseException:

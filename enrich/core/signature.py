@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from collections.abc import Sequence
 from urllib.parse import SplitResult, urlsplit
@@ -45,12 +44,12 @@ _SIGNATURE_LENGTH = 28
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
-def _signed_payload(url: str, params: Sequence[tuple[str, str]]) -> bytes:
-    """The exact byte string Twilio feeds to HMAC: URL then sorted name+value pairs."""
+def _signed_params(params: Sequence[tuple[str, str]]) -> bytes:
+    """What Twilio appends to the URL before HMAC: the sorted name+value pairs."""
     values_by_name: dict[str, set[str]] = {}
     for name, value in params:
         values_by_name.setdefault(name, set()).add(value)
-    parts = [url]
+    parts: list[str] = []
     for name in sorted(values_by_name):
         parts.extend(name + value for value in sorted(values_by_name[name]))
     # Lone surrogates raise UnicodeEncodeError (a ValueError) here, as they do in
@@ -58,9 +57,10 @@ def _signed_payload(url: str, params: Sequence[tuple[str, str]]) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
-def _digest_b64(auth_token: str, url: str, params: Sequence[tuple[str, str]]) -> str:
-    mac = hmac.new(auth_token.encode("utf-8"), _signed_payload(url, params), hashlib.sha1)
-    return base64.b64encode(mac.digest()).decode("ascii")
+def _digest_b64(auth_token: str, url: str, signed_params: bytes) -> str:
+    # hmac.digest is the one-shot C path: several times cheaper than hmac.new().
+    mac = hmac.digest(auth_token.encode("utf-8"), url.encode("utf-8") + signed_params, "sha1")
+    return base64.b64encode(mac).decode("ascii")
 
 
 def compute_signature(auth_token: str, url: str, params: Sequence[tuple[str, str]]) -> str:
@@ -70,7 +70,7 @@ def compute_signature(auth_token: str, url: str, params: Sequence[tuple[str, str
     Used by verification, by the test fakes and by ``enrich send`` to sign the
     requests they make to our own webhook.
     """
-    return _digest_b64(auth_token, url, params)
+    return _digest_b64(auth_token, url, _signed_params(params))
 
 
 def _with_netloc(parts: SplitResult, netloc: str) -> str:
@@ -136,8 +136,9 @@ def verify_signature(
     given = signature.encode("ascii")
     matched = False
     try:
+        signed_params = _signed_params(params)  # the same for every URL variant
         for candidate in url_variants(url):
-            expected = _digest_b64(auth_token, candidate, params).encode("ascii")
+            expected = _digest_b64(auth_token, candidate, signed_params).encode("ascii")
             matched |= hmac.compare_digest(expected, given)
     except (UnicodeError, TypeError):
         return False

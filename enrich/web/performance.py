@@ -107,6 +107,12 @@ def _pipeline_view(state: AppState) -> dict[str, Any]:
             "rejections": state.ingest.limiter.rejections,
             "fallbackEngaged": state.ingest.limiter.fallback_engaged,
         },
+        # Round trips the webhooks shared (enrich.batching): items per batch grows
+        # with the load.
+        "batching": {
+            "inserts": state.ingest.inserts.stats(),
+            "rateLimitChecks": state.ingest.limiter.batcher.stats(),
+        },
         "since": m.since,
     }
 

@@ -127,3 +127,37 @@ async def test_select_database_from_the_url(redis_url: str) -> None:
 def test_url_parsing(url: str, expected: tuple[object, ...]) -> None:
     a = RedisAddress.parse(url)
     assert (a.host, a.port, a.path, a.db, a.username, a.password, a.tls) == expected
+
+
+async def test_pipelined_commands_answer_in_order_with_errors_in_place(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=1)
+    await client.execute("SET", "text", "v")
+    replies = await client.execute_many(
+        [("INCR", "n"), ("INCR", "text"), ("GET", "text"), ("INCR", "n")]
+    )
+    assert replies[0] == 1 and replies[2] == b"v" and replies[3] == 2
+    assert isinstance(replies[1], RespError) and replies[1].prefix == "ERR"
+    assert await client.execute_many([]) == []
+    assert client.stats()["total"] == 1  # one connection, still in step
+    assert client.calls == 5  # SET + four pipelined
+    await client.close()
+
+
+async def test_pipelined_scripts_reload_when_the_server_lost_them(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=1)
+    script = client.script("return {KEYS[1], ARGV[1]}")
+    assert await script(["a"], ["1"]) == [b"a", b"1"]
+    await client.execute("SCRIPT", "FLUSH")  # as after a Redis restart
+    calls = [(["k1"], ["x"]), (["k2"], ["y"]), (["k3"], ["z"])]
+    assert await script.run_many(calls) == [[b"k1", b"x"], [b"k2", b"y"], [b"k3", b"z"]]
+    assert await script.run_many(calls[:1]) == [[b"k1", b"x"]]  # EVALSHA works again
+    await client.close()
+
+
+async def test_pipeline_deadline_drops_the_connection(redis_url: str) -> None:
+    client = RedisClient(redis_url, min_size=0, max_size=1, timeout=0.2)
+    with pytest.raises(RedisUnavailable, match="within"):
+        await client.execute_many([("PING",), ("BLPOP", "never", 5), ("PING",)])
+    assert client.stats()["total"] == 0  # replies were in flight: not reused
+    assert await client.execute("PING") == "PONG"
+    await client.close()

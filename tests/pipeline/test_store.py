@@ -1,23 +1,31 @@
-"""The job's write path (store.complete_message) against real PostgreSQL: one statement,
-all or nothing, guarded by the lease, idempotent by schema."""
+"""The write paths against real PostgreSQL: the webhook's batched INSERT (each row answered
+in place) and the job's completion (one statement, all or nothing, guarded by the lease,
+idempotent by schema)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+import trio
 
-from enrich.core.inbound import parse_inbound
+from enrich.config import Settings
+from enrich.core.inbound import InboundMessage, parse_inbound
 from enrich.db.pool import ConnectionPool
+from enrich.ingest import Ingest
+from enrich.redis_client import RedisClient
 from enrich.store import (
     ItemInsert,
     Job,
     LeaseLost,
+    NewMessage,
     claim_message,
     complete_message,
     insert_message,
+    insert_messages,
 )
 from tests.conftest import random_sid
 
@@ -102,3 +110,69 @@ async def test_no_items_and_no_reply(pool: ConnectionPool, database_url: str) ->
                            notification=None)
     assert _rows(database_url, sid) == ([], 0, "done")
 
+
+
+def _inbound(sid: str, body: str = "hi") -> InboundMessage:
+    return parse_inbound([("MessageSid", sid), ("AccountSid", "AC" + "a" * 32),
+                          ("From", SENDER), ("To", "+15550000000"), ("Body", body),
+                          ("NumMedia", "0")])
+
+
+async def test_batch_insert_answers_each_row_in_place(pool: ConnectionPool,
+                                                      database_url: str) -> None:
+    stored = _inbound(random_sid())
+    first = await insert_message(pool, stored, from_e164=SENDER, user_id=None)
+    assert first is not None
+    fresh, twice = random_sid(), random_sid()
+    rows = [
+        NewMessage(_inbound(twice), SENDER, None),
+        NewMessage(stored, SENDER, None),  # delivered before
+        NewMessage(_inbound(fresh, "émoji 🎉 ' \\"), SENDER, uuid.uuid4(), status="rejected",
+                   last_error="rate_limited"),
+        NewMessage(_inbound(twice), SENDER, None),  # the same SID again in this batch
+    ]
+    ids = await insert_messages(pool, rows)
+    assert ids[1] is None and ids[3] is None
+    assert ids[0] is not None and ids[2] is not None and ids[0] != ids[2]
+    with psycopg.connect(database_url) as conn:
+        got = conn.execute(
+            "SELECT message_sid, body, status, last_error, completed_at IS NOT NULL, user_id"
+            " FROM inbound_messages WHERE id = ANY(%s) ORDER BY id", ([ids[0], ids[2]],)
+        ).fetchall()
+    assert got[0][:5] == (twice, "hi", "received", None, False) and got[0][5] is None
+    assert got[1][:5] == (fresh, "émoji 🎉 ' \\", "rejected", "rate_limited", True)
+    assert await insert_messages(pool, []) == []
+
+
+async def test_one_refused_row_does_not_fail_its_batch(
+    pool: ConnectionPool, database_url: str, redis_url: str
+) -> None:
+    """The webhook's INSERT batcher: a row PostgreSQL refuses gets its own error; the
+    messages that shared its batch are stored and answered."""
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "t", "DATABASE_URL": database_url,
+                                  "REDIS_URL": redis_url})
+    redis = RedisClient(redis_url)
+    ingest = Ingest(settings, pool, redis)
+    good = [_inbound(random_sid()) for _ in range(5)]
+    # PostgreSQL text cannot hold NUL (the parser refuses it; this one got past it).
+    bad = dataclasses.replace(_inbound(random_sid()), body="a\x00b")
+    results: dict[str, object] = {}
+
+    async def submit(msg: InboundMessage) -> None:
+        try:
+            results[msg.message_sid] = await ingest.inserts.submit(
+                NewMessage(msg, SENDER, None))
+        except psycopg.DataError as exc:
+            results[msg.message_sid] = exc
+
+    async with trio.open_nursery() as nursery:
+        for msg in [*good[:2], bad, *good[2:]]:
+            nursery.start_soon(submit, msg)
+    assert isinstance(results.pop(bad.message_sid), psycopg.DataError)
+    assert all(isinstance(v, int) for v in results.values()) and len(results) == 5
+    assert ingest.inserts.stats()["largestBatch"] > 1  # they did share a batch
+    with psycopg.connect(database_url) as conn:
+        count = conn.execute("SELECT count(*) FROM inbound_messages WHERE message_sid = ANY(%s)",
+                             ([m.message_sid for m in good],)).fetchone()
+    assert count == (5,)
+    await redis.close()

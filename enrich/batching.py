@@ -1,0 +1,169 @@
+"""Coalesce concurrent calls into one round trip: natural batching, no timer.
+
+Every accepted webhook makes one Redis call (the rate-limit script) and one PostgreSQL
+INSERT. Each round trip costs the event loop far more CPU (a send, a wakeup, a receive,
+the driver's bookkeeping) than the work the server does for it, and the webhook process
+is CPU-bound under load. So concurrent callers share round trips: whoever finds a free
+*lane* runs a batch of everything queued so far; the callers who arrive while it runs
+queue up and go together in the next batch.
+
+Nothing ever waits to fill a batch (no timer, no minimum size): under light load every
+batch holds one call and costs what a direct call costs (plus a few microseconds); under
+heavy load batches grow by themselves, and the CPU per call falls as the load rises.
+
+There is no background task: the caller at the head of the queue is woken to lead the
+next batch, so the batcher needs no nursery and stops being used when its callers stop.
+A batch runs shielded from its leader's cancellation (the other callers in it still want
+their answers) under its own deadline, so it can neither be abandoned half way nor hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import outcome
+import trio
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+RunBatch = Callable[[Sequence[In]], Awaitable[Sequence[outcome.Outcome[Out]]]]
+
+
+class _Slot(Generic[In, Out]):
+    """One caller's item; ``lead`` means it was handed a lane (and left the queue)."""
+
+    __slots__ = ("item", "lead", "result", "wake")
+
+    def __init__(self, item: In) -> None:
+        self.item = item
+        self.result: outcome.Outcome[Out] | None = None
+        self.lead = False
+        self.wake = trio.Event()
+
+
+class Batcher(Generic[In, Out]):
+    """``await batcher.submit(item)`` returns ``item``'s answer from ``run_batch``.
+
+    ``run_batch(items)`` returns one ``outcome`` per item, in order; an exception it
+    raises is every item's answer. At most ``lanes`` batches run at once, each of at
+    most ``max_batch`` items and bounded by ``timeout`` seconds (``trio.TooSlowError``).
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch[In, Out],
+        *,
+        max_batch: int = 64,
+        lanes: int = 2,
+        timeout: float = 10.0,
+    ) -> None:
+        if max_batch < 1 or lanes < 1 or timeout <= 0:
+            raise ValueError(
+                f"need max_batch >= 1, lanes >= 1, timeout > 0 "
+                f"(got {max_batch}, {lanes}, {timeout})"
+            )
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.lanes = lanes
+        self.timeout = timeout
+        self._queue: deque[_Slot[In, Out]] = deque()
+        self._busy = 0  # lanes running or handed to a woken leader
+        # Statistics for /api/sms/performance and the benches.
+        self.batches = 0
+        self.items = 0
+        self.largest = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: In) -> Out:
+        slot: _Slot[In, Out] = _Slot(item)
+        if self._busy < self.lanes:
+            # A lane is free, so nobody is queued (a finishing batch always hands its
+            # lane to the head of the queue): lead now, without yielding first.
+            self._busy += 1
+            await self._lead(slot)
+        else:
+            self._queue.append(slot)
+            while slot.result is None:
+                try:
+                    await slot.wake.wait()
+                except BaseException:
+                    self._abandon(slot)
+                    raise
+                slot.wake = trio.Event()
+                if slot.lead:
+                    slot.lead = False
+                    await self._lead(slot)
+        assert slot.result is not None
+        return slot.result.unwrap()
+
+    def _abandon(self, slot: _Slot[In, Out]) -> None:
+        """A caller gave up while waiting: leave the queue, pass on a lane it was given."""
+        if slot.result is not None:
+            return  # answered meanwhile: its batch ran (the INSERT, say, committed)
+        if slot.lead:  # handed a lane (and taken off the queue) but never ran it
+            slot.lead = False
+            self._hand_on()
+            return
+        # Not queued: it is in a batch that is running, whose answer will go unread.
+        with contextlib.suppress(ValueError):
+            self._queue.remove(slot)
+
+    async def _lead(self, first: _Slot[In, Out]) -> None:
+        """Run ``first`` and whatever queued behind it, then hand the lane on."""
+        more = min(self.max_batch - 1, len(self._queue))
+        batch = [first, *(self._queue.popleft() for _ in range(more))]
+        results: Sequence[outcome.Outcome[Out]] | None = None
+        try:
+            results = await self._run_shielded([s.item for s in batch])
+        finally:
+            if results is None:  # KeyboardInterrupt or the like: nobody may wait forever
+                results = [outcome.Error(RuntimeError("batch aborted")) for _ in batch]
+            for slot, result in zip(batch, results, strict=True):
+                slot.result = result
+                slot.wake.set()
+            self._hand_on()
+
+    async def _run_shielded(self, items: list[In]) -> Sequence[outcome.Outcome[Out]]:
+        self.batches += 1
+        self.items += len(items)
+        self.largest = max(self.largest, len(items))
+        # Shielded: the other callers in this batch still want their answers even if
+        # the leader's own request is cancelled. The deadline keeps it bounded.
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(self.timeout):
+                    results = await self._run_batch(items)
+            except Exception as exc:
+                return [outcome.Error(exc) for _ in items]  # one each: unwrap() is once only
+        if len(results) != len(items):
+            error = RuntimeError(f"batch of {len(items)} got {len(results)} answers")
+            return [outcome.Error(error) for _ in items]
+        return results
+
+    def _hand_on(self) -> None:
+        """A lane is free: give it to the head of the queue, or release it."""
+        if self._queue:
+            head = self._queue.popleft()
+            head.lead = True
+            head.wake.set()
+        else:
+            self._busy -= 1
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "meanBatch": round(self.items / self.batches, 2) if self.batches else 0.0,
+            "largestBatch": self.largest,
+            "queued": len(self._queue),
+        }
+
+
+__all__ = ["Batcher"]
