@@ -22,8 +22,8 @@ database (``inbound_messages.received_at/completed_at``, ``notifications.sent_at
 
 ``--split`` runs the multi-process deployment (bench.serve --split): webhooks in a
 ``--role web`` process, the pipeline in a ``--role worker`` process at a lower CPU
-priority (``--worker-nice``), which finds new messages by polling every
-RECOVERY_INTERVAL_SECONDS (0.2 s there unless ``--env`` sets it). The limiters, the job
+priority (``--worker-nice``), woken by the web process's INSERTs (LISTEN/NOTIFY) and
+paced by its ack pressure (PROCESSING_TARGET_ACK_MS). The limiters, the job
 log and the CPU figures are then the worker's, with the web process's CPU beside them.
 """
 

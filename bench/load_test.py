@@ -66,6 +66,7 @@ class LoadConfig:
     admin_token: str | None = None
     database_url: str | None = None
     server_pid: int | None = None
+    more_server_pids: tuple[int, ...] = ()  # further web processes (WEB_REUSE_PORT)
     worker_pid: int | None = None  # jobs in their own process (bench.serve --split)
     worker_url: str | None = None  # its origin, for its performance statistics
     targets: Targets = field(default_factory=Targets)
@@ -84,7 +85,8 @@ class LoadConfig:
         url = e.get("LOAD_TEST_URL") or DEFAULT_URL
         rate = env_float("LOAD_TEST_RATE", 0.0, e)
         count = env_int("LOAD_TEST_COUNT", 0, e)
-        pid = env_int("LOAD_TEST_SERVER_PID", 0, e)
+        # One pid, or several comma-separated (web processes sharing the port).
+        pids = [int(p) for p in (e.get("LOAD_TEST_SERVER_PID") or "").split(",") if p.strip()]
         worker_pid = env_int("LOAD_TEST_WORKER_PID", 0, e)
         ceiling = env_float("LOAD_TEST_CEILING_RPS", 0.0, e)
         traffic = TrafficSpec(
@@ -110,7 +112,8 @@ class LoadConfig:
             max_requests=count or None,
             admin_token=e.get("LOAD_TEST_ADMIN_TOKEN") or None,
             database_url=e.get("LOAD_TEST_DATABASE_URL") or None,
-            server_pid=pid or None,
+            server_pid=pids[0] if pids else None,
+            more_server_pids=tuple(pids[1:]),
             worker_pid=worker_pid or None,
             worker_url=e.get("LOAD_TEST_WORKER_URL") or None,
             targets=Targets(p99_ms=env_float("LOAD_TEST_TARGET_P99_MS", 50.0, e),
@@ -218,7 +221,8 @@ def run_load(cfg: LoadConfig, *, seed: int | None = None) -> dict[str, Any]:
     ready = 0
     progress = Progress(cfg, cfg.progress)
     monitor = ServerMonitor(cfg.traffic.url, cfg.admin_token, cfg.server_pid, cfg.database_url,
-                            worker_pid=cfg.worker_pid, worker_url=cfg.worker_url)
+                            worker_pid=cfg.worker_pid, worker_url=cfg.worker_url,
+                            more_pids=cfg.more_server_pids)
     try:
         while ready < len(procs):
             kind, index, data = q.get(timeout=120)

@@ -26,11 +26,13 @@ import httpx
 class ServerMonitor:
     def __init__(self, url: str, admin_token: str | None, pid: int | None,
                  database_url: str | None, *, worker_pid: int | None = None,
-                 worker_url: str | None = None) -> None:
+                 worker_url: str | None = None, more_pids: tuple[int, ...] = ()) -> None:
         parts = urlsplit(url)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.token = admin_token
         self.pid = pid
+        # Further web processes on the same port (WEB_REUSE_PORT): CPU and RSS are summed.
+        self.more_pids = more_pids
         self.database_url = database_url
         self.worker_pid = worker_pid
         self.worker_origin = None
@@ -40,7 +42,7 @@ class ServerMonitor:
         self.samples: list[dict[str, Any]] = []
         self.errors: dict[str, int] = {}
         self._http = httpx.Client(timeout=2.0, trust_env=False)
-        self._proc: Any = None
+        self._procs: list[Any] = []
         self._worker_proc: Any = None
         self._pg: Any = None
 
@@ -81,8 +83,10 @@ class ServerMonitor:
         self._admin("POST", "reset")
         if self.worker_origin:
             self._admin("POST", "reset", self.worker_origin)
-        if self.pid:
-            self._proc = self._process(self.pid, "pid")
+        for i, pid in enumerate((self.pid, *self.more_pids) if self.pid else ()):
+            proc = self._process(pid, "pid" if i == 0 else f"pid {pid}")
+            if proc is not None:
+                self._procs.append(proc)
         if self.worker_pid:
             self._worker_proc = self._process(self.worker_pid, "worker pid")
         if self.database_url:
@@ -115,12 +119,15 @@ class ServerMonitor:
                 sample["worker_pools"] = wstats.get("connectionPools", {})
                 sample["queueDepth"] = wpipeline.get("queueDepth")
                 sample["inFlight"] = wpipeline.get("inFlight")
-        for proc, prefix in ((self._proc, ""), (self._worker_proc, "worker_")):
-            if proc is None:
+        worker = [self._worker_proc] if self._worker_proc is not None else []
+        for procs, prefix in ((self._procs, ""), (worker, "worker_")):
+            if not procs:
                 continue
             try:
-                sample[prefix + "rss_mb"] = round(proc.memory_info().rss / 2**20, 1)
-                sample[prefix + "cpu_pct"] = round(proc.cpu_percent(), 1)
+                rss = sum(proc.memory_info().rss for proc in procs)
+                cpu = sum(proc.cpu_percent() for proc in procs)
+                sample[prefix + "rss_mb"] = round(rss / 2**20, 1)
+                sample[prefix + "cpu_pct"] = round(cpu, 1)
             except Exception as exc:  # psutil.Error: the process went away
                 self._note(prefix + "rss", exc)
         if self._pg is not None:

@@ -118,19 +118,19 @@ class ServeOptions:
     # on another port, started ``worker_nice`` steps nicer (lower CPU priority).
     split: bool = False
     worker_nice: int = 10
+    # With split: this many web processes sharing ``port`` (WEB_REUSE_PORT), so the
+    # webhooks use more than one core.
+    web_processes: int = 1
     profile_to: Path | None = None  # run the server under cProfile, stats written here
     keep: bool = False  # keep the temp dir (logs) after stop
 
     @property
     def deployment(self) -> str:
-        return "split" if self.split else self.role
+        if not self.split:
+            return self.role
+        return "split" if self.web_processes == 1 else f"split, {self.web_processes} web"
 
 
-#: Settings of the split deployment's worker unless ``env`` gives them. A worker hears of
-#: the web process's messages only by polling: each poll takes at most JOB_QUEUE_SIZE
-#: (256) due rows, so the default 5 s interval would cap it near 50 messages/s and delay
-#: each by up to 5 s.
-SPLIT_WORKER_DEFAULTS = {"RECOVERY_INTERVAL_SECONDS": "0.2"}
 
 
 class BenchServer:
@@ -145,6 +145,7 @@ class BenchServer:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: subprocess.Popen[bytes] | None = None  # the process answering webhooks
         self.worker: subprocess.Popen[bytes] | None = None  # split: the niced job process
+        self.webs: list[subprocess.Popen[bytes]] = []  # split: the web processes
         self.fake: dict[str, Any] = {}
         self.speech: dict[str, Any] = {}
         self.database_url = ""
@@ -188,7 +189,8 @@ class BenchServer:
 
     @property
     def enrich_procs(self) -> list[subprocess.Popen[bytes]]:
-        return [p for p in (self.server, self.worker) if p is not None]
+        webs = self.webs or ([self.server] if self.server is not None else [])
+        return [*webs, *([self.worker] if self.worker is not None else [])]
 
     def _log(self, name: str) -> IO[bytes]:
         fh = open(self.root / name, "ab")  # noqa: SIM115 - closed in stop()
@@ -248,15 +250,22 @@ class BenchServer:
                 # subdirectory, and its PostgreSQL connections are named after it.
                 instance = env.get("INSTANCE_ID") or f"bench-{self.port}"
                 profile = self.options.profile_to
-                self.server = self._spawn_enrich(
-                    "web", self.port, {**env, "INSTANCE_ID": f"{instance}-web"},
-                    "server.log", profile)
+                webs = self.options.web_processes
+                for i in range(webs):
+                    web_env = {**env, "INSTANCE_ID": f"{instance}-web{i or ''}"}
+                    if webs > 1:
+                        web_env["WEB_REUSE_PORT"] = "true"
+                    self.webs.append(self._spawn_enrich(
+                        "web", self.port, web_env, f"server{i or ''}.log",
+                        profile if i == 0 else None))
+                self.server = self.webs[0]
                 self.worker = self._spawn_enrich(
                     "worker", self.worker_port,
-                    {**SPLIT_WORKER_DEFAULTS, **env, "INSTANCE_ID": f"{instance}-worker"},
+                    {**env, "INSTANCE_ID": f"{instance}-worker"},
                     "worker.log", profile and profile.with_name(profile.name + ".worker"),
                     nice=self.options.worker_nice)
-                wait_ready(self.origin + "/health/ready", 60, self.server)
+                for web in self.webs:
+                    wait_ready(self.origin + "/health/ready", 60, web)
                 wait_ready(self.worker_origin + "/health/ready", 60, self.worker)
         except BaseException:
             self.stop()
@@ -308,7 +317,8 @@ class BenchServer:
             "LOAD_TEST_MEDIA_URL": self.fake["api_url"],
             "LOAD_TEST_SENDERS": str(self.options.senders),
             "LOAD_TEST_ADMIN_TOKEN": self.admin_token,
-            "LOAD_TEST_SERVER_PID": str(self.pid),
+            # Every web process (they share the port): the load test sums their CPU.
+            "LOAD_TEST_SERVER_PID": ",".join(str(p.pid) for p in self.webs) or str(self.pid),
             "LOAD_TEST_DATABASE_URL": self.database_url,
             **({"LOAD_TEST_WORKER_PID": str(self.worker_pid),
                 "LOAD_TEST_WORKER_URL": self.worker_origin}
@@ -318,6 +328,7 @@ class BenchServer:
     def stop(self) -> None:
         stop_processes(self.enrich_procs)
         self.server = self.worker = None
+        self.webs.clear()
         for proc in self.procs:
             stop_process(proc, timeout=10)
         self.procs.clear()
@@ -362,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                              "free port, the worker at a lower CPU priority")
     parser.add_argument("--worker-nice", type=int, default=10, metavar="N",
                         help="with --split: the worker's niceness increment (default 10)")
+    parser.add_argument("--web-processes", type=int, default=1, metavar="N",
+                        help="with --split: N web processes sharing --port (WEB_REUSE_PORT)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="run the server under cProfile; stats written at exit")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
@@ -373,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--split runs a web and a worker process: leave --role out")
     if not 0 <= args.worker_nice <= 19:
         parser.error("--worker-nice must be between 0 and 19")
+    if args.web_processes < 1 or (args.web_processes > 1 and not args.split):
+        parser.error("--web-processes N (N >= 1) goes with --split")
     extra = dict(item.split("=", 1) for item in args.env)
 
     def interrupted(signum: int, frame: object) -> None:
@@ -384,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ServeOptions(port=args.port, senders=args.senders, rate_limit=args.rate_limit,
                            speech_latency=args.speech_latency, env=extra, keep=args.keep,
                            role=args.role, split=args.split, worker_nice=args.worker_nice,
-                           profile_to=args.profile)
+                           web_processes=args.web_processes, profile_to=args.profile)
     with BenchServer(options) as server:
         env_file = args.env_file or out_path("serve.env")
         env_file.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             fh.writelines(f"{k}={v}\n" for k, v in server.load_env().items())
         worker = (f"; worker pid {server.worker_pid} on {server.worker_origin}, nice "
                   f"+{options.worker_nice}" if server.worker is not None else "")
-        print(f"enrich serving {server.url} (pid {server.pid}{worker}; data and logs in "
+        pids = ", ".join(str(p.pid) for p in server.webs) or str(server.pid)
+        print(f"enrich serving {server.url} (pid {pids}{worker}; data and logs in "
               f"{server.root})\n"
               f"{options.senders} senders linked; load test environment in {env_file}:\n"
               f"  set -a; . {env_file}; set +a; python -m bench.load_test\n"

@@ -4,7 +4,9 @@
 
 * ``before_serving`` opens the pools (and migrates), then starts the background work in
   ``app.nursery``, which exists only once serving has begun: the job runner and the
-  outbox (roles ``all`` and ``worker``);
+  outbox (roles ``all`` and ``worker``), and in role ``worker`` the LISTEN/NOTIFY
+  listener that wakes the runner when another process stores messages (role ``all``
+  hints its runner in-process);
 * ``after_serving`` runs after hypercorn stopped accepting and in-flight requests ended
   (within its graceful timeout): it drains running jobs within SHUTDOWN_GRACE_SECONDS,
   cancels the rest (they are handed back to the database), and closes the pools.
@@ -30,8 +32,10 @@ from enrich.ingest import Ingest
 from enrich.media.handler import build_media_pipeline
 from enrich.metrics import Metrics
 from enrich.pipeline.outbox import Outbox
+from enrich.pipeline.pressure import AckPressurePublisher, AckPressureReader
 from enrich.pipeline.process import MediaHandler, Processor
-from enrich.pipeline.runner import JobRunner
+from enrich.pipeline.runner import JobRunner, measure_lag
+from enrich.pipeline.wakeup import listen as listen_for_messages
 from enrich.sdnotify import SystemdNotifier
 from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
@@ -117,11 +121,15 @@ def create_app(
             state.extras["speech_engine"] = pipeline.engine.name
             state.closers.append(pipeline.aclose)
             media = pipeline
+        # Acks first: role all paces on its own loop's lag (the default); a worker on the
+        # ack pressure the web processes publish (enrich.pipeline.pressure).
+        pacing: dict[str, Any] = {}
+        if role == "worker":
+            pacing = {"lag_probe": AckPressureReader(services.redis).probe,
+                      "pacing_target_s": settings.processing_target_ack_ms / 1000}
         state.runner = JobRunner(
             settings, services.db, processor or Processor(extractor, media), metrics,
-            on_done=state.outbox.wake,
-            # Pacing (acks first) only where webhooks share this event loop.
-            shares_loop_with_acks=role == "all",
+            on_done=state.outbox.wake, **pacing,
         )
         ingest.on_accepted = state.runner.notify if role == "all" else None
         runner = state.runner
@@ -146,8 +154,21 @@ def create_app(
             listener = partial(invalidation.listen, settings.redis_url, ingest.invalidate,
                                ingest.clear_caches)
             await app.nursery.start(supervisor.keep_running, "invalidation", listener)
+            # Tell workers (in other processes) how the acks are doing.
+            publisher = AckPressurePublisher(services.redis, metrics, measure_lag)
+            state.extras["ack_pressure"] = publisher
+            await app.nursery.start(supervisor.keep_running, "ackPressure", publisher.run)
         if state.runner is not None:
             await app.nursery.start(supervisor.keep_running, "runner", state.runner.run)
+        if role == "worker" and state.runner is not None:
+            # Webhooks run in other processes: their INSERTs notify us (migration 0002).
+            assert settings.database_url is not None
+            wakeup = partial(
+                listen_for_messages, settings.database_url, state.runner.poke,
+                timeout=settings.database_connect_timeout_ms / 1000,
+                application_name=f"enrich:{settings.effective_instance_id}:wakeup",
+            )
+            await app.nursery.start(supervisor.keep_running, "wakeup", wakeup)
         if state.outbox is not None:
             await app.nursery.start(supervisor.keep_running, "outbox", state.outbox.run)
         log.info("serving", extra={"role": role})

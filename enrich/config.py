@@ -160,6 +160,14 @@ class Settings:
     # --- HTTP server ---
     host: str = _var("HOST", _text, "0.0.0.0", "Address to listen on.")  # noqa: S104
     port: int = _var("PORT", _int_range(0, 65535), "3000", "TCP port to listen on.")
+    web_reuse_port: bool = _var(
+        "WEB_REUSE_PORT",
+        _bool,
+        "false",
+        "Let several processes listen on the same HOST:PORT (SO_REUSEPORT, Linux): the "
+        "kernel spreads new connections across them, so webhooks use more than one core. "
+        "Each process needs its own INSTANCE_ID, and DATABASE_URL and REDIS_URL.",
+    )
     public_url: str | None = _var(
         "PUBLIC_URL",
         _url("http", "https"),
@@ -397,8 +405,15 @@ class Settings:
         "PROCESSING_TARGET_LAG_MS", _float_range(0, 10_000), "5",
         "Acks first, in a process that also answers webhooks (role all): when the event "
         "loop runs later than this, fewer messages are processed at once (down to none) "
-        "until it catches up; 0 disables. Never applied with --role worker (no acks to "
-        "protect).",
+        "until it catches up; 0 disables. A --role worker process paces on "
+        "PROCESSING_TARGET_ACK_MS instead.",
+    )
+    processing_target_ack_ms: float = _var(
+        "PROCESSING_TARGET_ACK_MS", _float_range(0, 60_000), "10",
+        "Acks first across processes (--role worker): when the web processes report "
+        "slower acks than this (mean handling time or event-loop lag over the last "
+        "100 ms, shared through Redis), fewer messages are processed at once (down to "
+        "none) until they recover; 0 disables.",
     )
     job_queue_size: int = _var(
         "JOB_QUEUE_SIZE", _int_range(1, 100_000), "256", "Jobs buffered in memory."
@@ -427,7 +442,8 @@ class Settings:
         "RECOVERY_INTERVAL_SECONDS",
         _float_range(0.1, 3600),
         "5",
-        "How often the runner looks for due, expired or orphaned jobs.",
+        "How often the runner re-reads due rows (retries, expired leases, missed "
+        "wake-ups); new messages wake it at once.",
     )
 
     # --- supervisor ---
@@ -470,6 +486,14 @@ class Settings:
         )
 
     def _check_consistency(self) -> None:
+        if self.web_reuse_port and not (self.instance_id and self.database_url
+                                        and self.redis_url):
+            # Processes sharing a port must not share an instance id (temp files, leases)
+            # nor start embedded servers of their own.
+            raise ConfigError(
+                "WEB_REUSE_PORT=true needs INSTANCE_ID (distinct per process), DATABASE_URL "
+                "and REDIS_URL"
+            )
         if self.database_pool_min > self.database_pool_max:
             raise ConfigError(
                 f"DATABASE_POOL_MIN={self.database_pool_min} is larger than "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -37,6 +38,21 @@ def hypercorn_config(settings: Settings, host: str, port: int) -> Config:
     return config
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket that other processes may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def wait_for_signal(
     signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
     on_signal: Callable[[int], None] | None = None,
@@ -60,6 +76,10 @@ async def serve_app(
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (default: SIGTERM or SIGINT)."""
     config = hypercorn_config(settings, host, port)
+    if settings.web_reuse_port:
+        # hypercorn sets SO_REUSEPORT only in its own multi-worker mode; bind the socket
+        # here and hand it over by descriptor (hypercorn owns the descriptor from then).
+        config.bind = [f"fd://{reuse_port_socket(host, port).detach()}"]
     await serve(
         app,
         config,

@@ -2,7 +2,8 @@
 
 Runs in ``app.nursery`` and owns:
 
-* **task supervision**: the job runner, the outbox and the cache-invalidation listener
+* **task supervision**: the job runner, the outbox, the cache-invalidation listener and
+  the new-message listener (``enrich.pipeline.wakeup``, role worker)
   run under ``keep_running``; if one dies it is logged, restarted with backoff, and
   readiness reports it (``/health/ready`` lists ``task:<name>``) until it runs again;
 * **temp cleanup** of this instance's own temp subdirectory: everything at start (left by

@@ -5,10 +5,14 @@ Shape:
 * ``notify(id)`` (called by the webhook right after the INSERT) drops a hint into a
   bounded memory channel. It never blocks: if the channel is full the hint is dropped,
   and the poller finds the row anyway, because the row is the truth, not the hint;
-* the **poller** runs every RECOVERY_INTERVAL_SECONDS and feeds the channel with every
-  due row: new messages from other processes (``--role web``), retries whose backoff has
-  passed, and messages whose lease expired because a worker crashed. That is the
-  recovery loop;
+* the **poller** feeds the channel with every due row: new messages from other processes
+  (``--role web``), retries whose backoff has passed, and messages whose lease expired
+  because a worker crashed. It runs every RECOVERY_INTERVAL_SECONDS (the recovery loop)
+  and at once when poked (``poke()``): by the LISTEN/NOTIFY listener of a worker
+  (``enrich.pipeline.wakeup``) when any process stores messages, and by the dispatcher when
+  a poll filled the queue and it has drained to half. Pokes that arrive while a poll runs
+  coalesce into one more poll, and polls are at least POLL_MIN_GAP_S apart, so a flood of
+  notifications costs at most one query per gap;
 * the **dispatcher** takes one hint at a time, waits for a slot of the
   PROCESSING_CONCURRENCY limiter (backpressure), and claims the row with a lease
   (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim starts a job;
@@ -17,9 +21,10 @@ Shape:
   failures go back with exponential backoff; after JOB_MAX_ATTEMPTS, or at once for
   permanent failures, the message is failed with its reason and the sender told.
 
-Acks first (``enrich.core.pacing``): when the process also answers webhooks
-(``shares_loop_with_acks``, role ``all``), the PROCESSING_CONCURRENCY limit follows the event
-loop's lag, so jobs never make Twilio wait; in a worker-only process it stays fixed.
+Acks first (``enrich.core.pacing``): the PROCESSING_CONCURRENCY limit follows a pacing
+signal, so jobs never make Twilio wait. In role ``all`` the signal is this event loop's lag
+(PROCESSING_TARGET_LAG_MS); a ``--role worker`` process follows the ack pressure the web
+processes publish through Redis (``enrich.pipeline.pressure``, PROCESSING_TARGET_ACK_MS).
 
 Shutdown (``drain``): stop taking hints, give running jobs the grace period, then cancel
 the rest; a cancelled job hands its message back at once, so the next start (or another
@@ -61,6 +66,9 @@ log = logging.getLogger(__name__)
 #: Most messages claimed in one statement.
 CLAIM_BATCH = 64
 
+#: Least time between two polls, however often the poller is poked.
+POLL_MIN_GAP_S = 0.015
+
 FAILURE_TEXT = (
     "Sorry, we couldn't process your message. Please try sending it again later."
 )
@@ -92,8 +100,11 @@ class JobRunner:
         *,
         on_done: Callable[[], None] | None = None,
         lag_probe: Callable[[], Awaitable[float]] | None = None,
-        shares_loop_with_acks: bool = True,
+        pacing_target_s: float | None = None,
     ) -> None:
+        """``lag_probe`` waits a moment and returns the pacing signal in seconds (default:
+        this loop's lag), paced against ``pacing_target_s`` (default
+        PROCESSING_TARGET_LAG_MS; 0 turns pacing off)."""
         self.settings = settings
         self.db = db
         self.processor = processor
@@ -104,11 +115,9 @@ class JobRunner:
         self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
-        # Pacing protects webhook acks answered on this event loop; a worker-only process
-        # (``--role worker``) has none, and pacing there would only throttle throughput.
-        target_lag_s = (settings.processing_target_lag_ms / 1000
-                        if shares_loop_with_acks else 0.0)
-        self.pacing = AdaptiveLimit(0, settings.processing_concurrency, target_lag_s)
+        if pacing_target_s is None:
+            pacing_target_s = settings.processing_target_lag_ms / 1000
+        self.pacing = AdaptiveLimit(0, settings.processing_concurrency, pacing_target_s)
         self._unpaused = trio.Event()
         self._unpaused.set()
         self._lag_probe = lag_probe or measure_lag
@@ -117,8 +126,12 @@ class JobRunner:
         self._jobs_scope: trio.CancelScope | None = None
         self._accepting = True
         self._poke = trio.Event()
+        # Set when a poll may have left due rows behind (the queue had no room for them):
+        # the dispatcher pokes the poller once the queue has drained to half.
+        self._refill = False
         self.in_flight = 0
         self.claim_rounds = 0  # claim statements sent (each claims a batch)
+        self.polls = 0  # due-row queries sent by the poller
         self._idle = trio.Event()
 
     # --- feeding --------------------------------------------------------------------
@@ -138,7 +151,7 @@ class JobRunner:
         return self._send.statistics().current_buffer_used
 
     def poke(self) -> None:
-        """Run the poller now (tests, and after a retry is scheduled)."""
+        """Run the poller now (new messages stored by another process; cheap, coalesced)."""
         self._poke.set()
 
     # --- running --------------------------------------------------------------------
@@ -173,23 +186,40 @@ class JobRunner:
 
     async def _poll_loop(self) -> None:
         while self._accepting:
+            started = trio.current_time()
             try:
-                await self._poll_once()
+                self._refill = await self._poll_once()
+                self._maybe_refill()  # the dispatcher may have drained it meanwhile
             except Exception as exc:  # the database may be briefly away: try again later
                 log.warning("job poll failed", extra={"error": type(exc).__name__})
             with trio.move_on_after(self.settings.recovery_interval_seconds):
                 await self._poke.wait()
+            # A flood of pokes (one per stored batch) must not become a hot loop: they
+            # coalesce into at most one poll per gap (rows stored meanwhile are found then).
+            await trio.sleep_until(started + POLL_MIN_GAP_S)
             self._poke = trio.Event()
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self) -> bool:
+        """Queue due rows up to the queue's room; True if due rows may be left behind."""
         room = self.settings.job_queue_size - self.queue_depth
         if room <= 0:
-            return
-        for message_id in await due_message_ids(self.db, room):
+            return True
+        # Rows hinted but not claimed yet are still due and come back first (oldest
+        # first): ask for that many more, or a half-full queue would hide the rest.
+        pending = max(0, len(self._queued) - self.in_flight)
+        limit = room + pending
+        self.polls += 1
+        ids = await due_message_ids(self.db, limit)
+        added = 0
+        for message_id in ids:
             if message_id in self._queued or not self._accepting:
                 continue
+            if added == room:
+                return True
             self._queued.add(message_id)
+            added += 1
             await self._send.send(message_id)
+        return len(ids) == limit
 
     async def _dispatch(self, jobs: trio.Nursery) -> None:
         """Claim hinted messages in batches and start one job per claimed message.
@@ -220,6 +250,7 @@ class JobRunner:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         self.limiter.release_on_behalf_of(token)
                         break
+                self._maybe_refill()
                 if not self._accepting:
                     self._give_back(batch)
                     break
@@ -239,6 +270,13 @@ class JobRunner:
                         self._give_back([(message_id, token)])
                     else:
                         jobs.start_soon(self._run_job, job, token)
+
+    def _maybe_refill(self) -> None:
+        """A poll found more due rows than the queue had room for: poll again once the
+        queue has drained to half, not only after RECOVERY_INTERVAL_SECONDS."""
+        if self._refill and self.queue_depth <= self.settings.job_queue_size // 2:
+            self._refill = False
+            self.poke()
 
     def _give_back(self, batch: list[tuple[int, object]]) -> None:
         for message_id, token in batch:

@@ -89,3 +89,13 @@ def test_example_file_defaults_parse() -> None:
         if m:
             env[m[1]] = m[2]
     Settings.from_env(env)  # the example's values are all valid
+
+
+def test_reuse_port_needs_an_instance_id_and_shared_servers() -> None:
+    shared = {"DATABASE_URL": "postgresql://db/enrich", "REDIS_URL": "redis://cache:6379/0"}
+    with pytest.raises(ConfigError, match="WEB_REUSE_PORT=true needs INSTANCE_ID"):
+        Settings.from_env({"WEB_REUSE_PORT": "true", **shared})
+    with pytest.raises(ConfigError, match="WEB_REUSE_PORT"):
+        Settings.from_env({"WEB_REUSE_PORT": "true", "INSTANCE_ID": "web-1"})  # embedded
+    settings = Settings.from_env({"WEB_REUSE_PORT": "yes", "INSTANCE_ID": "web-1", **shared})
+    assert settings.web_reuse_port and settings.effective_instance_id == "web-1"

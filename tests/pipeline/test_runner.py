@@ -413,17 +413,22 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
         await pool.close()
 
 
-def test_pacing_applies_only_where_webhooks_share_the_loop(tmp_path: Path) -> None:
-    # Role all answers webhooks on the runner's loop: pacing protects those acks. A
-    # worker-only process has no acks to protect, so it never paces, whatever the setting.
+def test_each_role_paces_on_its_own_signal(tmp_path: Path) -> None:
+    # Role all answers webhooks on the runner's loop: it paces on that loop's lag. A
+    # worker has no acks of its own: it paces on the web processes' ack pressure.
     settings = make_settings(
         tmp_path, DATABASE_URL="postgresql://127.0.0.1:1/unused",
-        REDIS_URL="redis://127.0.0.1:1/0", STT_ENGINE="none", PROCESSING_TARGET_LAG_MS="5")
-    paced = {}
+        REDIS_URL="redis://127.0.0.1:1/0", STT_ENGINE="none", PROCESSING_TARGET_LAG_MS="5",
+        PROCESSING_TARGET_ACK_MS="30")
+    targets = {}
     for role in ("all", "worker"):
         runner = get_state(create_app(settings, role=role)).runner
         assert runner is not None
-        paced[role] = runner.pacing.enabled
+        targets[role] = runner.pacing.target_lag_s
         assert runner.pacing.limit == runner.limiter.total_tokens == 100  # full concurrency
-    assert paced == {"all": True, "worker": False}
+    assert targets == {"all": 0.005, "worker": 0.030}
     assert get_state(create_app(settings, role="web")).runner is None
+    off = make_settings(tmp_path, DATABASE_URL="postgresql://127.0.0.1:1/unused",
+                        REDIS_URL="redis://127.0.0.1:1/0", PROCESSING_TARGET_ACK_MS="0")
+    runner = get_state(create_app(off, role="worker")).runner
+    assert runner is not None and not runner.pacing.enabled

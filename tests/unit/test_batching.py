@@ -178,7 +178,7 @@ async def test_leader_cancelled_mid_batch_still_answers_the_others() -> None:
         await leader_cancelled.wait()
     assert leader_scope.cancelled_caught
     assert answers == {0: 0, 1: 2, 2: 4}
-    assert run.batches == [[0], [1, 2]]
+    assert [sorted(b) for b in run.batches] == [[0], [1, 2]]  # start order may vary
 
 
 async def test_queued_caller_cancelled_is_never_sent() -> None:

@@ -1,0 +1,127 @@
+"""Acks first across processes: the ack-pressure beat (web side) and its reader (worker)."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from enrich.metrics import Metrics
+from enrich.pipeline.pressure import (
+    KEEP_MS,
+    KEY,
+    AckPressurePublisher,
+    AckPressureReader,
+    AckWindow,
+)
+from enrich.redis_client import RedisClient
+from tests.webhook.helpers import (
+    OUTCOME,
+    Apps,
+    message_form,
+    query,
+    sid_of,
+    wait_for_status,
+    wait_until,
+)
+
+
+def test_window_is_the_mean_since_the_last_reading_and_survives_a_reset() -> None:
+    metrics = Metrics()
+    metrics.webhook_answered("accepted", 0.5)  # before the window opened
+    window = AckWindow(metrics)
+    assert window.take() == 0.0  # nothing answered in this window
+    for seconds in (0.010, 0.030):
+        metrics.webhook_answered("accepted", seconds)
+    assert abs(window.take() - 0.020) < 1e-9
+    metrics.reset()
+    metrics.webhook_answered("accepted", 0.004)
+    assert abs(window.take() - 0.004) < 1e-9
+
+
+async def _no_lag() -> float:
+    return 0.0
+
+
+async def test_the_worst_web_process_is_what_workers_read(redis_url: str) -> None:
+    redis = RedisClient(redis_url)
+    slow, fast = Metrics(), Metrics()
+    slow_web = AckPressurePublisher(redis, slow, _no_lag)
+    fast_web = AckPressurePublisher(redis, fast, _no_lag)
+    for _ in range(3):
+        slow.webhook_answered("accepted", 0.080)
+        fast.webhook_answered("accepted", 0.002)
+    reader = AckPressureReader(redis, interval_s=0)
+    assert await reader.probe() == 0.0  # nobody published yet: no pressure
+
+    await slow_web.beat()
+    await fast_web.beat()  # smaller: does not replace the standing value
+    assert abs(await reader.probe() - 0.080) < 1e-6
+    assert (slow_web.last_ms, fast_web.last_ms) == (80.0, 2.0)
+
+    await trio.sleep(KEEP_MS / 1000 + 0.2)  # the slow process recovered (no more beats)
+    assert await reader.probe() == 0.0
+    await fast_web.beat()  # an empty window: 0
+    fast.webhook_answered("accepted", 0.003)
+    await fast_web.beat()
+    assert abs(await reader.probe() - 0.003) < 1e-6
+    await redis.close()
+
+
+async def test_loop_lag_counts_when_it_is_the_larger(redis_url: str) -> None:
+    redis = RedisClient(redis_url)
+    metrics = Metrics()
+
+    async def lagging() -> float:
+        return 0.045
+
+    publisher = AckPressurePublisher(redis, metrics, lagging)
+    metrics.webhook_answered("accepted", 0.002)
+    await publisher.beat()
+    assert abs(await AckPressureReader(redis, interval_s=0).probe() - 0.045) < 1e-6
+    await redis.execute("DEL", KEY)
+    await redis.close()
+
+
+async def test_redis_away_means_no_pressure_and_no_error() -> None:
+    redis = RedisClient("redis://127.0.0.1:1/0", min_size=0, timeout=0.2)  # nothing listens
+    metrics = Metrics()
+    metrics.webhook_answered("accepted", 0.5)
+    publisher = AckPressurePublisher(redis, metrics, _no_lag)
+    await publisher.beat()  # skipped, not raised
+    assert publisher.published == 0
+    reader = AckPressureReader(redis, interval_s=0)
+    assert await reader.probe() == 0.0
+    assert reader.unavailable
+
+
+async def test_a_worker_holds_back_while_the_web_processes_are_under_pressure(
+    apps: Apps, http: httpx.AsyncClient
+) -> None:
+    worker = await apps.start(role="worker")
+    web = await apps.start(role="web")
+    await web.link()
+    assert web.settings.redis_url and web.settings.database_url
+    runner = worker.state.runner
+    assert runner is not None and runner.pacing.target_lag_s == 0.010
+    redis = RedisClient(web.settings.redis_url)
+    # As if a web process reported acks taking 400 ms (the web's own beats are smaller
+    # and cannot replace it: the worst one stands).
+    await redis.execute("SET", KEY, "400", "PX", 60_000)
+
+    async def paused() -> bool:
+        return runner.pacing.limit == 0
+
+    await wait_until(paused, timeout=10)
+    form = message_form("Met Ana Lee at the expo")
+    r = await web.post(http, form)
+    assert r.status_code == 200 and r.headers[OUTCOME] == "accepted"
+    await trio.sleep(1.0)  # woken by the INSERT's notification, but paced to zero
+    [(status,)] = await query(web.settings.database_url,
+                              "SELECT status FROM inbound_messages WHERE message_sid = %s",
+                              sid_of(form))
+    assert status == "received"
+
+    await redis.execute("DEL", KEY)  # the acks recovered
+    await wait_for_status(web.settings.database_url, [sid_of(form)], "done", timeout=10)
+    assert web.state.extras["ack_pressure"].published > 0  # the web side beats too
+    await redis.close()
