@@ -410,8 +410,8 @@ class Settings:
     )
     processing_target_ack_ms: float = _var(
         "PROCESSING_TARGET_ACK_MS", _float_range(0, 60_000), "10",
-        "Acks first across processes (--role worker): when the web processes report "
-        "slower acks than this (mean handling time or event-loop lag over the last "
+        "Acks first across processes (--role worker): when a web process reports an "
+        "ack slower than this (its slowest answer or its event-loop lag in the last "
         "100 ms, shared through Redis), fewer messages are processed at once (down to "
         "none) until they recover; 0 disables.",
     )

@@ -73,12 +73,20 @@ class Metrics:
         self.transcription = Histogram(JOB_BUCKETS)
         self.notifications: Counter[str] = Counter()
         self.errors = 0
+        self.ack_peak = 0.0  # the slowest answer since take_ack_peak() last ran
 
     # --- recording ----------------------------------------------------------------------
 
     def webhook_answered(self, outcome: str, seconds: float) -> None:
         self.webhooks[outcome] += 1
         self.ack.observe(seconds)
+        if seconds > self.ack_peak:
+            self.ack_peak = seconds
+
+    def take_ack_peak(self) -> float:
+        """The slowest answer since the previous call (0 if none): the ack-pressure beat."""
+        peak, self.ack_peak = self.ack_peak, 0.0
+        return peak
 
     def job_finished(self, outcome: str, seconds: float | None = None) -> None:
         self.jobs[outcome] += 1
