@@ -185,25 +185,30 @@ def test_bench_server_end_to_end_with_the_load_test(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bench_server_split_deployment(tmp_path: Path) -> None:
-    """bench.serve --split: webhooks in a --role web process, jobs in a niced --role worker
-    process; the load test watches both, the worker processes everything, and stopping
-    the bench server stops both."""
+@pytest.mark.parametrize("webs", [1, 2])
+def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
+    """bench.serve --split: webhooks in --role web processes (``webs`` of them sharing the
+    port), jobs in a niced --role worker process; the load test watches them all, the
+    worker processes everything, and stopping the bench server stops every process."""
     import subprocess
 
     import psutil
 
     from bench.serve import BenchServer, ServeOptions
 
-    with BenchServer(ServeOptions(senders=5, split=True, worker_nice=7)) as server:
+    options = ServeOptions(senders=5, split=True, worker_nice=7, web_processes=webs)
+    with BenchServer(options) as server:
         assert server.worker_pid is not None and server.worker_pid != server.pid
-        web, worker = psutil.Process(server.pid), psutil.Process(server.worker_pid)
-        assert "--role" in web.cmdline() and web.cmdline()[-1] == "web"
+        web_procs = [psutil.Process(p.pid) for p in server.webs]
+        worker = psutil.Process(server.worker_pid)
+        assert len(web_procs) == webs and web_procs[0].pid == server.pid
+        assert all(web.cmdline()[-1] == "web" for web in web_procs)
         assert worker.cmdline()[-1] == "worker"
-        assert worker.nice() - web.nice() == 7
+        assert all(worker.nice() - web.nice() == 7 for web in web_procs)
         env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
                "LOAD_TEST_DUPLICATE_SHARE": "0"}
         assert env["LOAD_TEST_WORKER_PID"] == str(server.worker_pid)
+        assert env["LOAD_TEST_SERVER_PID"] == ",".join(str(w.pid) for w in web_procs)
         run = subprocess.run(
             [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
              "--count", "12", "--out", str(tmp_path), "--name", "split", "--no-plot"],
@@ -215,9 +220,10 @@ def test_bench_server_split_deployment(tmp_path: Path) -> None:
         assert "Worker process (jobs" in run.stdout
         wait_pipeline_idle(server.database_url, timeout=60)
         assert _statuses(server.database_url) == {"done": 12}
-        # The worker ran every job; the web process none.
+        # The worker ran every job; the web processes none.
         assert server.jobs_log.name == "worker.log"
         assert server.jobs_log.read_text().count('"job finished"') == 12
-        assert '"job finished"' not in (server.root / "server.log").read_text()
+        for log in server.root.glob("server*.log"):
+            assert '"job finished"' not in log.read_text()
         assert len(httpx.get(server.fake["api_url"] + "/_fake/messages").json()) == 12
-    assert not web.is_running() and not worker.is_running()
+    assert not any(p.is_running() for p in [*web_procs, worker])
