@@ -183,7 +183,15 @@ class Ingest:
     async def _stranger(
         self, msg: InboundMessage, sender: str, outcome: Outcome, text: str
     ) -> Answer:
-        """Answer unknown/unverified senders, at most once per interval each."""
+        """Answer unknown/unverified senders, at most once per interval each.
+
+        A message stored before its sender was unlinked (or unverified) and delivered again
+        now is a redelivery: it is answered as it was the first time. The lookup costs a
+        query only on this rare path; the accepted path dedupes at its INSERT.
+        """
+        status = await message_status(self.db, msg.message_sid)
+        if status is not None:
+            return self._replay(msg, status)
         reply = await self._first_reply_in_interval(sender)
         log.info(outcome.value, extra={"message_sid": msg.message_sid, "from": mask_phone(sender)})
         return Answer(outcome, 200, render_message(text if reply else None),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
+from enrich.phone_store import unlink_phone
 from enrich.testing.fake_twilio import FakeTwilio
 from tests.webhook.helpers import (
     OUTCOME,
@@ -101,3 +102,24 @@ async def test_redelivery_of_a_rate_limited_message_replays_the_refusal(
     rows = await query(db, "SELECT status FROM inbound_messages WHERE message_sid = %s",
                        sid_of(limited))
     assert rows == [("rejected",)]  # recorded once, never processed
+
+
+async def test_redelivery_after_the_sender_was_unlinked_replays_the_first_answer(
+    apps: Apps, http: httpx.AsyncClient, fake_twilio: FakeTwilio
+) -> None:
+    app = await apps.start()
+    user = await app.link()
+    form = message_form(BODY)
+    first = await app.post(http, form)
+    assert first.headers[OUTCOME] == "accepted"
+    await _assert_processed_once(app, fake_twilio, sid_of(form))
+    assert await unlink_phone(app.state.services.db, user) == SENDER
+    app.state.ingest.invalidate(SENDER)  # as the phone API does
+    again = await app.post(http, form)  # Twilio retries the same delivery
+    assert (again.status_code, again.headers[OUTCOME], again.text) == (
+        200, "duplicate", first.text)
+    # A new message from the now unknown number is answered as unknown.
+    stranger = await app.post(http, message_form("Met Bo Chen"))
+    assert stranger.headers[OUTCOME] == "unknown_sender"
+    await trio.sleep(0.3)
+    assert len(fake_twilio.sent_messages) == 1  # nothing processed or sent again
