@@ -8,6 +8,12 @@ callers fail fast (a recoverable error: the job is retried later). After
 the breaker, its failure opens it for another cooldown. While the probe is in flight
 everyone else still fails fast, so a dead service sees one call per cooldown, not a herd.
 
+Every allowed call gets a :class:`Permit`, and its result is recorded with it. Calls run
+concurrently, so results arrive late: a call let through before the breaker opened may
+fail or succeed while a probe is out. Such a stale result (an older *epoch*: the breaker
+has opened since the permit was given) changes nothing: a late success must not close a
+breaker the probe has not tested, nor a late failure or cancellation free the probe's slot.
+
 Pure: no I/O, no trio. The clock is any ``() -> float`` in seconds (``time.monotonic``,
 ``trio.current_time`` so that tests can drive it with ``trio.testing.MockClock``).
 """
@@ -19,9 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker"]
+__all__ = ["BreakerState", "BreakerStats", "CircuitBreaker", "Permit"]
 
 BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """One allowed call: record its result with it."""
+
+    epoch: int  # how often the breaker had opened when the call was allowed
+    probe: bool  # the half-open probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +55,10 @@ class BreakerStats:
 class CircuitBreaker:
     """closed -> open after N consecutive failures -> half-open probe after a cooldown.
 
-    Protocol for a caller: ``if not breaker.allow(): fail fast``; then exactly one of
-    :meth:`record_success`, :meth:`record_failure` or :meth:`record_abandoned` (the call
-    was cancelled and says nothing about the service's health).
+    Protocol for a caller: ``permit = breaker.allow()``; if None, fail fast; otherwise
+    exactly one of :meth:`record_success`, :meth:`record_failure` or
+    :meth:`record_abandoned` (the call was cancelled and says nothing about the service's
+    health), with the permit.
     """
 
     def __init__(
@@ -72,38 +87,48 @@ class CircuitBreaker:
             return "half_open"
         return self._state
 
-    def allow(self) -> bool:
+    def allow(self) -> Permit | None:
         """May a call go out now? In half-open state only one probe at a time may."""
         if self._state == "closed":
-            return True
+            return Permit(self._opened_count, probe=False)
         if self._state == "open":
             if not self._cooled_down():
-                return False
+                return None
             self._state = "half_open"
         if self._probe_in_flight:
-            return False
+            return None
         self._probe_in_flight = True
-        return True
+        return Permit(self._opened_count, probe=True)
 
-    def record_success(self) -> None:
+    def record_success(self, permit: Permit) -> None:
+        if self._stale(permit):
+            return
         self._state = "closed"
         self._failures = 0
         self._probe_in_flight = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, permit: Permit) -> None:
+        if self._stale(permit):
+            return
         self._failures += 1
-        if self._state == "half_open" or (
-            self._state == "closed" and self._failures >= self.failure_threshold
-        ):
+        if permit.probe or self._failures >= self.failure_threshold:
             self._open()
         self._probe_in_flight = False
 
-    def record_abandoned(self) -> None:
+    def record_abandoned(self, permit: Permit) -> None:
         """The call was cancelled before it told us anything: free the probe slot."""
-        self._probe_in_flight = False
+        if permit.probe and not self._stale(permit):
+            self._probe_in_flight = False
 
     def stats(self) -> BreakerStats:
         return BreakerStats(self.state, self._failures, self._opened_count)
+
+    def _stale(self, permit: Permit) -> bool:
+        """Given before the breaker last opened; or a closed-state call finishing while a
+        probe is out (the probe's result decides)."""
+        return permit.epoch != self._opened_count or (
+            not permit.probe and self._state != "closed"
+        )
 
     def _open(self) -> None:
         self._state = "open"

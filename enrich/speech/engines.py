@@ -340,7 +340,8 @@ class GoogleEngine:
     async def _recognize(self, audio: GoogleAudio) -> str:
         for attempt in range(1, self.attempts + 1):
             timeout = self._call_timeout()
-            if not self.breaker.allow():
+            permit = self.breaker.allow()
+            if permit is None:
                 raise SpeechUnavailable("speech breaker open")
             try:
                 text = await trio.to_thread.run_sync(
@@ -348,15 +349,15 @@ class GoogleEngine:
                     abandon_on_cancel=True,
                 )
             except trio.Cancelled:
-                self.breaker.record_abandoned()
+                self.breaker.record_abandoned(permit)
                 raise
             except Exception as exc:
                 status = _status_name(exc)
                 if status in _REJECTED:
                     # The service answered, and said no: it is healthy, the audio is not.
-                    self.breaker.record_success()
+                    self.breaker.record_success(permit)
                     raise SpeechRejected(f"speech refused the audio: {status}") from None
-                self.breaker.record_failure()
+                self.breaker.record_failure(permit)
                 if status not in _RETRYABLE:
                     log.warning("speech service refused the call", extra={"status": status})
                     raise SpeechUnavailable(f"speech failed: {status}") from None
@@ -364,7 +365,7 @@ class GoogleEngine:
                     raise SpeechUnavailable(f"speech failed: {status}") from None
                 await trio.sleep(self.backoff_s * 2 ** (attempt - 1))
                 continue
-            self.breaker.record_success()
+            self.breaker.record_success(permit)
             return text
         raise AssertionError("unreachable")
 
