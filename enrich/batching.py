@@ -20,6 +20,7 @@ their answers) under its own deadline, so it can neither be abandoned half way n
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -141,10 +142,10 @@ class Batcher(Generic[In, Out]):
                 with trio.fail_after(self.timeout):
                     results = await self._run_batch(items)
             except Exception as exc:
-                return [outcome.Error(exc) for _ in items]  # one each: unwrap() is once only
+                return [outcome.Error(_own_copy(exc)) for _ in items]
         if len(results) != len(items):
-            error = RuntimeError(f"batch of {len(items)} got {len(results)} answers")
-            return [outcome.Error(error) for _ in items]
+            message = f"batch of {len(items)} got {len(results)} answers"
+            return [outcome.Error(RuntimeError(message)) for _ in items]
         return results
 
     def _hand_on(self) -> None:
@@ -164,6 +165,22 @@ class Batcher(Generic[In, Out]):
             "largestBatch": self.largest,
             "queued": len(self._queue),
         }
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """A copy of a batch's error for one caller, caused by the original.
+
+    Raising one exception object in several tasks would stack every task's frames on its
+    shared ``__traceback__`` (and each webhook's log would show the others'); each caller
+    raises its own copy instead. (One outcome each, too: ``unwrap()`` works once.)
+    """
+    try:
+        mine = copy.copy(exc)
+    except Exception:  # an exception type that cannot be copied: share it
+        return exc
+    mine.__cause__ = exc
+    mine.__traceback__ = None
+    return mine
 
 
 __all__ = ["Batcher"]

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 import outcome
 import psycopg
+import trio
 
 from enrich.batching import Batcher
 from enrich.caching import AsyncTTLCache
@@ -72,8 +73,9 @@ def limit_text(limit: int, retry_after_s: float | None) -> str:
 
 # At most this many messages per INSERT, and this many INSERTs in flight at once. Two
 # lanes keep one statement's round trip from stalling the next batch; more would spend
-# connections (and the loop's time) on small batches. The deadline covers the
-# statement once a connection is in hand.
+# connections (and the loop's time) on small batches. The deadline bounds each webhook's
+# whole wait for its INSERT (queue, pool, statement), under Twilio's 15 s: past it the
+# answer is a 503 and Twilio delivers again.
 INSERT_BATCH_MAX = 64
 INSERT_LANES = 2
 INSERT_DEADLINE_S = 10.0
@@ -103,7 +105,7 @@ class Ingest:
         # message that queued while the previous statement ran.
         self.inserts: Batcher[NewMessage, int | None] = Batcher(
             self._insert_batch, max_batch=INSERT_BATCH_MAX, lanes=INSERT_LANES,
-            timeout=db.acquire_timeout + db.connect_timeout + INSERT_DEADLINE_S,
+            timeout=INSERT_DEADLINE_S,
         )
         # Fallback for the unknown-sender reply throttle when Redis is down.
         self._replied_locally: AsyncTTLCache[str, bool] = AsyncTTLCache(
@@ -141,7 +143,7 @@ class Ingest:
         decision = await self.limiter.check(sender, msg.message_sid)
         if not decision.allowed:
             # Recorded (counted, never processed), so a redelivery replays this answer.
-            stored = await self.inserts.submit(NewMessage(
+            stored = await self._store(NewMessage(
                 msg, sender, owner.user_id, status="rejected", last_error="rate_limited"
             ))
             if stored is None:
@@ -155,7 +157,7 @@ class Ingest:
             return Answer(Outcome.RATE_LIMITED, 200, render_message(text),
                           message_sid=msg.message_sid)
 
-        message_id = await self.inserts.submit(NewMessage(msg, sender, owner.user_id))
+        message_id = await self._store(NewMessage(msg, sender, owner.user_id))
         if message_id is None:  # delivered before (or concurrently, and the other won)
             return await self._redelivery(msg, sender, decision)
         if self.on_accepted is not None:
@@ -210,6 +212,10 @@ class Ingest:
                 return False
             self._replied_locally.set(sender, True)
             return True
+
+    async def _store(self, row: NewMessage) -> int | None:
+        with trio.fail_after(INSERT_DEADLINE_S):
+            return await self.inserts.submit(row)
 
     async def _insert_batch(
         self, rows: Sequence[NewMessage]

@@ -83,6 +83,12 @@ class Metrics:
         if seconds > self.ack_peak:
             self.ack_peak = seconds
 
+    def webhook_failed(self, seconds: float) -> None:
+        """A webhook that ended in an error (a 503): no outcome, but its time counts for
+        the ack pressure, since the slowest answers are often these."""
+        if seconds > self.ack_peak:
+            self.ack_peak = seconds
+
     def take_ack_peak(self) -> float:
         """The slowest answer since the previous call (0 if none): the ack-pressure beat."""
         peak, self.ack_peak = self.ack_peak, 0.0

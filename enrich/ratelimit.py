@@ -137,7 +137,11 @@ class RateLimiter:
             self.rejections += 1
             return Decision(False, self.limit, self.limit, blocked_until - now, "cache")
         try:
-            allowed, count, retry_ms, added = await self.batcher.submit((sender, message_sid))
+            # The client's deadline bounds this caller's whole wait, queue included: when
+            # Redis hangs, every check falls back in time, not only the batch in flight.
+            with trio.fail_after(self.redis.timeout):
+                allowed, count, retry_ms, added = await self.batcher.submit(
+                    (sender, message_sid))
         except (RedisUnavailable, trio.TooSlowError) as exc:
             if not self.fallback_engaged:
                 log.warning(

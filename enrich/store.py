@@ -128,7 +128,10 @@ async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> l
     if not rows:
         return []
     columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
-    for row in rows:
+    # In SID order: two batches holding the same SIDs (an original and Twilio's retry,
+    # in two lanes or two processes) then wait for each other in one order, never
+    # deadlock. Answers are matched by SID, so the order callers see does not change.
+    for row in sorted(rows, key=lambda r: r.msg.message_sid):
         m = row.msg
         for column, value in zip(columns, (
             m.message_sid, m.account_sid, row.user_id, row.from_e164, m.to_number, m.body,

@@ -7,9 +7,10 @@ so the pipeline's concurrency is cut multiplicatively; when the loop is on time 
 back one slot at a time (AIMD, as TCP does with its window). The backlog waits in
 PostgreSQL, durable, and is worked off as soon as the webhook load allows.
 
-This is the single-process answer. A ``--role worker`` process has no acks to protect and
-does not pace; splitting web and worker processes, the worker at a lower CPU priority
-(nice), leaves "acks first" to the OS scheduler instead.
+This is the single-process answer, steered by the loop's own lag. A ``--role worker``
+process has no acks of its own: it runs the same AIMD on the ack pressure the web
+processes publish (``enrich.pipeline.pressure``, PROCESSING_TARGET_ACK_MS), at a lower CPU
+priority too.
 
 Pure: the trio shell (``enrich.pipeline.runner``) measures the lag and applies the limit.
 """

@@ -29,18 +29,20 @@ import trio
 
 from enrich.metrics import Metrics
 from enrich.redis_client import RedisClient, RedisUnavailable
+from enrich.resp import RespError
 
 log = logging.getLogger(__name__)
 
 KEY = "enrich:ack-pressure"
 PUBLISH_INTERVAL_S = 0.1
-#: How long a published value stands unless a larger one replaces it.
-KEEP_MS = 500
+#: How long a published value stands unless a larger one replaces it: two beats, so that
+#: one slow answer is read about twice by a worker (each read can halve its concurrency).
+KEEP_MS = 250
 #: Redis calls here are a heartbeat: short deadlines, never a pile-up.
 CALL_TIMEOUT_S = 0.25
 
 # Keep the larger of the standing value and the new one; a value lives KEEP_MS, so the
-# key follows the worst web process within the last half second.
+# key follows the worst web process of the last quarter second.
 MAX_MERGE_LUA = """
 local standing = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) >= standing then
@@ -78,8 +80,10 @@ class AckPressurePublisher:
             with trio.move_on_after(CALL_TIMEOUT_S):
                 await self._script([KEY], [self.last_ms, KEEP_MS])
                 self.published += 1
-        except RedisUnavailable:
-            pass  # the next beat tries again; workers read "no pressure" meanwhile
+        except (RedisUnavailable, RespError):
+            # Unreachable, or an error reply (LOADING, READONLY after a failover, OOM):
+            # the next beat tries again; workers read "no pressure" meanwhile.
+            pass
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -103,7 +107,7 @@ class AckPressureReader:
         await trio.sleep(self.interval_s)
         try:
             value = await self.redis.execute("GET", KEY, timeout=CALL_TIMEOUT_S)
-        except RedisUnavailable as exc:
+        except (RedisUnavailable, RespError) as exc:
             if not self.unavailable:
                 log.warning("ack pressure unreadable: pacing paused",
                             extra={"error": str(exc)[:200]})

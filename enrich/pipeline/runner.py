@@ -101,10 +101,12 @@ class JobRunner:
         on_done: Callable[[], None] | None = None,
         lag_probe: Callable[[], Awaitable[float]] | None = None,
         pacing_target_s: float | None = None,
+        pacing_floor: int = 0,
     ) -> None:
         """``lag_probe`` waits a moment and returns the pacing signal in seconds (default:
         this loop's lag), paced against ``pacing_target_s`` (default
-        PROCESSING_TARGET_LAG_MS; 0 turns pacing off)."""
+        PROCESSING_TARGET_LAG_MS; 0 turns pacing off), never below ``pacing_floor`` jobs
+        at once (0: processing may pause)."""
         self.settings = settings
         self.db = db
         self.processor = processor
@@ -117,7 +119,8 @@ class JobRunner:
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
         if pacing_target_s is None:
             pacing_target_s = settings.processing_target_lag_ms / 1000
-        self.pacing = AdaptiveLimit(0, settings.processing_concurrency, pacing_target_s)
+        self.pacing = AdaptiveLimit(pacing_floor, settings.processing_concurrency,
+                                    pacing_target_s)
         self._unpaused = trio.Event()
         self._unpaused.set()
         self._lag_probe = lag_probe or measure_lag
@@ -142,7 +145,7 @@ class JobRunner:
             return
         try:
             self._send.send_nowait(message_id)
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return  # the poller will find the row
         self._queued.add(message_id)
 
@@ -171,7 +174,12 @@ class JobRunner:
     async def _pace(self) -> None:
         """Acks first (enrich.core.pacing): size the job limiter from the loop's lag."""
         while True:
-            lag = await self._lag_probe()
+            try:
+                lag = await self._lag_probe()
+            except Exception as exc:  # a probe must never take the runner down
+                log.warning("pacing probe failed", extra={"error": type(exc).__name__})
+                await trio.sleep(LAG_PROBE_S * 10)
+                continue
             limit = self.pacing.update(lag)
             if limit == 0:
                 if self._unpaused.is_set():
@@ -230,46 +238,47 @@ class JobRunner:
         up however slow a round trip gets (a claim per message would cap throughput at
         one message per round trip).
         """
-        async with self._recv:
-            while True:
+        # The receive side stays open when this returns or fails: the supervisor may
+        # run() this runner again, and drain() ends the loop by closing the send side.
+        while True:
+            try:
+                first = await self._recv.receive()
+            except trio.EndOfChannel:
+                break
+            batch = [(first, object())]
+            await self._unpaused.wait()
+            await self.limiter.acquire_on_behalf_of(batch[0][1])
+            while len(batch) < CLAIM_BATCH:
+                token = object()
                 try:
-                    first = await self._recv.receive()
-                except trio.EndOfChannel:
+                    self.limiter.acquire_on_behalf_of_nowait(token)
+                except trio.WouldBlock:
                     break
-                batch = [(first, object())]
-                await self._unpaused.wait()
-                await self.limiter.acquire_on_behalf_of(batch[0][1])
-                while len(batch) < CLAIM_BATCH:
-                    token = object()
-                    try:
-                        self.limiter.acquire_on_behalf_of_nowait(token)
-                    except trio.WouldBlock:
-                        break
-                    try:
-                        batch.append((self._recv.receive_nowait(), token))
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        self.limiter.release_on_behalf_of(token)
-                        break
-                self._maybe_refill()
-                if not self._accepting:
-                    self._give_back(batch)
-                    break
-                self.claim_rounds += 1
                 try:
-                    claimed = await claim_messages(
-                        self.db, [message_id for message_id, _ in batch], self.owner,
-                        self.lease_s,
-                    )
-                except Exception as exc:
-                    log.warning("claim failed", extra={"error": type(exc).__name__})
-                    claimed = []
-                by_id = {job.id: job for job in claimed}
-                for message_id, token in batch:
-                    job = by_id.get(message_id)
-                    if job is None:  # done, leased elsewhere, or not due: the row decides
-                        self._give_back([(message_id, token)])
-                    else:
-                        jobs.start_soon(self._run_job, job, token)
+                    batch.append((self._recv.receive_nowait(), token))
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    self.limiter.release_on_behalf_of(token)
+                    break
+            self._maybe_refill()
+            if not self._accepting:
+                self._give_back(batch)
+                break
+            self.claim_rounds += 1
+            try:
+                claimed = await claim_messages(
+                    self.db, [message_id for message_id, _ in batch], self.owner,
+                    self.lease_s,
+                )
+            except Exception as exc:
+                log.warning("claim failed", extra={"error": type(exc).__name__})
+                claimed = []
+            by_id = {job.id: job for job in claimed}
+            for message_id, token in batch:
+                job = by_id.get(message_id)
+                if job is None:  # done, leased elsewhere, or not due: the row decides
+                    self._give_back([(message_id, token)])
+                else:
+                    jobs.start_soon(self._run_job, job, token)
 
     def _maybe_refill(self) -> None:
         """A poll found more due rows than the queue had room for: poll again once the

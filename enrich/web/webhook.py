@@ -57,7 +57,12 @@ async def webhook() -> Response:
     url = public_url(
         state.settings.effective_public_url, request.path, request.query_string.decode("latin-1")
     )
-    answer: Answer = await state.ingest.handle(url, params, request.headers.get(SIGNATURE_HEADER))
+    try:
+        answer: Answer = await state.ingest.handle(
+            url, params, request.headers.get(SIGNATURE_HEADER))
+    except Exception:
+        state.metrics.webhook_failed(time.perf_counter() - started)
+        raise
     state.metrics.webhook_answered(answer.outcome.value, time.perf_counter() - started)
     if answer.status != 200:
         return _reject(answer.outcome, answer.status, answer.reason or answer.outcome.value)

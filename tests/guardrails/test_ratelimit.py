@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,38 @@ async def test_fallback_when_redis_is_unreachable() -> None:
     assert [r.allowed for r in results] == [True, True, True, False, False]
     assert results[0].source == "fallback"
     assert limiter.fallback_engaged
+
+
+async def test_a_hung_redis_sends_every_check_to_the_fallback_within_its_deadline() -> None:
+    """Redis accepts connections and never answers. Checks share pipelined batches, and
+    each caller's wait (queued behind other batches included) is bounded by the client's
+    deadline: 200 concurrent checks all fall back within about one deadline, not one
+    deadline per batch round (4 rounds of 64 here)."""
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        client = RedisClient(f"redis://127.0.0.1:{port}/0", min_size=0, timeout=0.5)
+        limiter = RateLimiter(client, limit=1000)
+        durations: list[float] = []
+
+        async def check(i: int) -> None:
+            started = trio.current_time()
+            decision = await limiter.check(f"+1555000{i:04d}", random_sid())
+            assert decision.source == "fallback" and decision.allowed
+            durations.append(trio.current_time() - started)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as checks:
+                for i in range(200):
+                    checks.start_soon(check, i)
+        assert len(durations) == 200
+        assert max(durations) < 1.5  # one 0.5 s deadline (and slack), not four rounds
+        await client.close()
+        nursery.cancel_scope.cancel()
 
 
 def _sign(settings: Any, form: list[tuple[str, str]]) -> str:

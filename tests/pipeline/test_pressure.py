@@ -13,7 +13,6 @@ from tests.webhook.helpers import (
     OUTCOME,
     Apps,
     message_form,
-    query,
     sid_of,
     wait_for_status,
     wait_until,
@@ -98,24 +97,68 @@ async def test_a_worker_holds_back_while_the_web_processes_are_under_pressure(
     runner = worker.state.runner
     assert runner is not None and runner.pacing.target_lag_s == 0.010
     redis = RedisClient(web.settings.redis_url)
-    # As if a web process reported acks taking 400 ms (the web's own beats are smaller
-    # and cannot replace it: the worst one stands).
-    await redis.execute("SET", KEY, "400", "PX", 60_000)
 
-    async def paused() -> bool:
-        return runner.pacing.limit == 0
+    async def standing_pressure() -> None:
+        # As if a web process kept reporting acks taking 400 ms (the web's own beats are
+        # smaller and cannot replace it: the worst one stands).
+        while True:
+            await redis.execute("SET", KEY, "400", "PX", 60_000)
+            await trio.sleep(0.05)
 
-    await wait_until(paused, timeout=10)
-    form = message_form("Met Ana Lee at the expo")
-    r = await web.post(http, form)
-    assert r.status_code == 200 and r.headers[OUTCOME] == "accepted"
-    await trio.sleep(1.0)  # woken by the INSERT's notification, but paced to zero
-    [(status,)] = await query(web.settings.database_url,
-                              "SELECT status FROM inbound_messages WHERE message_sid = %s",
-                              sid_of(form))
-    assert status == "received"
+    async def throttled() -> bool:
+        return runner.pacing.limit == 1
 
-    await redis.execute("DEL", KEY)  # the acks recovered
-    await wait_for_status(web.settings.database_url, [sid_of(form)], "done", timeout=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(standing_pressure)
+        await wait_until(throttled, timeout=10)
+        most_in_flight = 0
+
+        async def watch() -> None:
+            nonlocal most_in_flight
+            while True:
+                most_in_flight = max(most_in_flight, runner.in_flight)
+                await trio.sleep(0)
+
+        nursery.start_soon(watch)
+        forms = [message_form(f"Met Person{i} at the expo") for i in range(6)]
+        for form in forms:
+            r = await web.post(http, form)
+            assert r.status_code == 200 and r.headers[OUTCOME] == "accepted"
+        # Held back to one job at a time, never to none: the backlog still moves.
+        await wait_for_status(web.settings.database_url, [sid_of(f) for f in forms], "done",
+                              timeout=20)
+        assert most_in_flight == 1
+        nursery.cancel_scope.cancel()
+
+    await redis.execute("DEL", KEY)  # the acks recovered: concurrency grows back
+
+    async def recovered() -> bool:
+        return runner.pacing.limit > 4
+
+    await wait_until(recovered, timeout=10)
     assert web.state.extras["ack_pressure"].published > 0  # the web side beats too
     await redis.close()
+
+
+async def test_error_replies_read_as_no_pressure_and_are_not_raised(redis_url: str) -> None:
+    redis = RedisClient(redis_url)
+    await redis.execute("HSET", KEY, "not", "a string")  # GET now answers WRONGTYPE
+    metrics = Metrics()
+    publisher = AckPressurePublisher(redis, metrics, _no_lag)
+    metrics.webhook_answered("accepted", 0.5)
+    await publisher.beat()  # the script's GET fails: skipped, not raised
+    assert publisher.published == 0
+    reader = AckPressureReader(redis, interval_s=0)
+    assert await reader.probe() == 0.0 and reader.unavailable
+    await redis.execute("DEL", KEY)
+    await publisher.beat()
+    assert publisher.published == 1
+    await redis.close()
+
+
+def test_failed_webhooks_count_for_the_peak() -> None:
+    metrics = Metrics()
+    metrics.webhook_answered("accepted", 0.004)
+    metrics.webhook_failed(2.5)  # a 503 after waiting on a pool: the slowest of all
+    assert metrics.take_ack_peak() == 2.5
+    assert sum(metrics.webhooks.values()) == 1  # no outcome for it

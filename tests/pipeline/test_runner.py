@@ -432,3 +432,44 @@ def test_each_role_paces_on_its_own_signal(tmp_path: Path) -> None:
                         REDIS_URL="redis://127.0.0.1:1/0", PROCESSING_TARGET_ACK_MS="0")
     runner = get_state(create_app(off, role="worker")).runner
     assert runner is not None and not runner.pacing.enabled
+
+
+async def test_a_failing_probe_and_a_restart_do_not_stop_the_runner(
+    apps: Apps, http: httpx.AsyncClient
+) -> None:
+    """A pacing probe that raises (a Redis error reply, say) is logged and skipped; and a
+    runner that the supervisor runs again after a crash still takes hints and polls."""
+    from enrich.resp import RespError
+
+    web = await apps.start(role="web")
+    await web.link()
+    db = _db(web)
+    settings = apps.settings(PROCESSING_TARGET_LAG_MS="5", RECOVERY_INTERVAL_SECONDS="0.1")
+    calls = 0
+
+    async def probe() -> float:
+        nonlocal calls
+        calls += 1
+        await trio.sleep(0.01)
+        if calls == 1:
+            raise RespError("LOADING Redis is loading the dataset in memory")
+        return 0.0
+
+    pool = await _runner_pool(settings)
+    try:
+        runner = JobRunner(settings, pool, Processor(), Metrics(), lag_probe=probe)
+        with trio.CancelScope() as first_run:  # as if the task died and was cancelled
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runner.run)
+                sid = await _post_new(web, http, "Met Ana Lee in Boston")
+                await wait_for_status(db, [sid], "done")
+                assert calls > 1  # the probe went on after its error
+                first_run.cancel()
+        async with trio.open_nursery() as nursery:  # keep_running starts it again
+            await nursery.start(runner.run)
+            sid = await _post_new(web, http, "Met Bo Chen in Austin")
+            await wait_for_status(db, [sid], "done")
+            runner.notify(10**9)  # a hint for a row that does not exist: ignored
+            nursery.cancel_scope.cancel()
+    finally:
+        await pool.close()

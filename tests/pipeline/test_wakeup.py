@@ -173,10 +173,15 @@ async def test_listener_wakes_on_connect_once_per_statement_and_fails_loudly(
         with psycopg.connect(database_url) as conn:  # rolled back: no notification
             conn.execute(insert, ("SMb", 3))
             conn.rollback()
+        # Statements that store no new work notify no one (migration 0003): redeliveries
+        # only (ON CONFLICT DO NOTHING), and rate-limited rows (never processed).
+        await query(database_url, insert + " ON CONFLICT (message_sid) DO NOTHING", "SMa", 2)
+        await query(database_url, "INSERT INTO inbound_messages (message_sid, from_number,"
+                                  " status) VALUES ('SMr1', '+15550001111', 'rejected')")
         await query(database_url, insert, "SMc", 1)
         await wait_until(partial(woken, 3), timeout=PROMPTLY_S)
-        # Delivered in commit order: had the first statement or the rolled-back one
-        # notified more than once, those would have arrived before the third's.
+        # Delivered in commit order: had the first statement, the rolled-back one or the
+        # ones without new work notified, those would have arrived before the last one's.
         assert wakes == 3
 
         [pid] = await _listener_pids(database_url, "enrich:test:wakeup")

@@ -243,3 +243,31 @@ async def test_caller_handed_a_lane_then_cancelled_passes_it_on() -> None:
 def test_invalid_limits_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="need max_batch"):
         Batcher(Recorder(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_each_caller_raises_its_own_copy_of_a_batch_error() -> None:
+    async def boom(items: Sequence[int]) -> list[outcome.Outcome[int]]:
+        await trio.sleep(0.01)
+        raise ConnectionError("down")
+
+    batcher: Batcher[int, int] = Batcher(boom, lanes=1)
+    errors: list[BaseException] = []
+
+    async def call(i: int) -> None:
+        try:
+            await batcher.submit(i)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(call, i)
+    assert len({id(e) for e in errors}) == 8  # no object shared between tasks
+    assert all(str(e) == "down" and isinstance(e.__cause__, ConnectionError) for e in errors)
+    depths = set()
+    for e in errors:
+        tb, depth = e.__traceback__, 0
+        while tb is not None:
+            tb, depth = tb.tb_next, depth + 1
+        depths.add(depth)
+    assert len(depths) == 1  # each traceback holds its own caller's frames only
