@@ -125,11 +125,8 @@ def create_app(
         # ack pressure the web processes publish (enrich.pipeline.pressure).
         pacing: dict[str, Any] = {}
         if role == "worker":
-            # Never below one job at once: the signal includes round trips the worker
-            # does not cause (a distant database), and the backlog must always move.
             pacing = {"lag_probe": AckPressureReader(services.redis).probe,
-                      "pacing_target_s": settings.processing_target_ack_ms / 1000,
-                      "pacing_floor": 1}
+                      "pacing_target_s": settings.processing_target_ack_ms / 1000}
         state.runner = JobRunner(
             settings, services.db, processor or Processor(extractor, media), metrics,
             on_done=state.outbox.wake, **pacing,

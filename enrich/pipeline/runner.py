@@ -74,6 +74,9 @@ FAILURE_TEXT = (
 )
 
 
+#: While pacing has paused processing, one job may still start this often.
+PAUSE_TRICKLE_S = 1.0
+
 #: How long the lag probe asks to sleep; the overshoot is the loop's lag.
 LAG_PROBE_S = 0.01
 
@@ -101,12 +104,10 @@ class JobRunner:
         on_done: Callable[[], None] | None = None,
         lag_probe: Callable[[], Awaitable[float]] | None = None,
         pacing_target_s: float | None = None,
-        pacing_floor: int = 0,
     ) -> None:
         """``lag_probe`` waits a moment and returns the pacing signal in seconds (default:
         this loop's lag), paced against ``pacing_target_s`` (default
-        PROCESSING_TARGET_LAG_MS; 0 turns pacing off), never below ``pacing_floor`` jobs
-        at once (0: processing may pause)."""
+        PROCESSING_TARGET_LAG_MS; 0 turns pacing off)."""
         self.settings = settings
         self.db = db
         self.processor = processor
@@ -119,8 +120,7 @@ class JobRunner:
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
         if pacing_target_s is None:
             pacing_target_s = settings.processing_target_lag_ms / 1000
-        self.pacing = AdaptiveLimit(pacing_floor, settings.processing_concurrency,
-                                    pacing_target_s)
+        self.pacing = AdaptiveLimit(0, settings.processing_concurrency, pacing_target_s)
         self._unpaused = trio.Event()
         self._unpaused.set()
         self._lag_probe = lag_probe or measure_lag
@@ -173,6 +173,7 @@ class JobRunner:
 
     async def _pace(self) -> None:
         """Acks first (enrich.core.pacing): size the job limiter from the loop's lag."""
+        paused_since: float | None = None
         while True:
             try:
                 lag = await self._lag_probe()
@@ -181,10 +182,20 @@ class JobRunner:
                 await trio.sleep(LAG_PROBE_S * 10)
                 continue
             limit = self.pacing.update(lag)
+            now = trio.current_time()
             if limit == 0:
-                if self._unpaused.is_set():
+                if paused_since is None:
+                    paused_since = now
+                if now - paused_since >= PAUSE_TRICKLE_S:
+                    # Paused this long: open the gate until the next probe (the limiter
+                    # holds one token), so the backlog always moves, however long the
+                    # acks need the machine or however high the signal's floor is.
+                    paused_since = now
+                    self._unpaused.set()
+                elif self._unpaused.is_set():
                     self._unpaused = trio.Event()  # no new job until the loop is on time
             else:
+                paused_since = None
                 self._unpaused.set()
             tokens = max(1, limit)  # a CapacityLimiter needs at least one token
             if tokens != self.limiter.total_tokens:

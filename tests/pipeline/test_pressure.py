@@ -106,7 +106,7 @@ async def test_a_worker_holds_back_while_the_web_processes_are_under_pressure(
             await trio.sleep(0.05)
 
     async def throttled() -> bool:
-        return runner.pacing.limit == 1
+        return runner.pacing.limit == 0
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(standing_pressure)
@@ -124,9 +124,9 @@ async def test_a_worker_holds_back_while_the_web_processes_are_under_pressure(
         for form in forms:
             r = await web.post(http, form)
             assert r.status_code == 200 and r.headers[OUTCOME] == "accepted"
-        # Held back to one job at a time, never to none: the backlog still moves.
+        # Paused, but one job still starts every PAUSE_TRICKLE_S: the backlog moves.
         await wait_for_status(web.settings.database_url, [sid_of(f) for f in forms], "done",
-                              timeout=20)
+                              timeout=30)
         assert most_in_flight == 1
         nursery.cancel_scope.cancel()
 
