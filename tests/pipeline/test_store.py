@@ -135,12 +135,14 @@ async def test_batch_insert_answers_each_row_in_place(pool: ConnectionPool,
     assert ids[1] is None and ids[3] is None
     assert ids[0] is not None and ids[2] is not None and ids[0] != ids[2]
     with psycopg.connect(database_url) as conn:
-        got = conn.execute(
-            "SELECT message_sid, body, status, last_error, completed_at IS NOT NULL, user_id"
-            " FROM inbound_messages WHERE id = ANY(%s) ORDER BY id", ([ids[0], ids[2]],)
-        ).fetchall()
-    assert got[0][:5] == (twice, "hi", "received", None, False) and got[0][5] is None
-    assert got[1][:5] == (fresh, "émoji 🎉 ' \\", "rejected", "rate_limited", True)
+        rows_by_id = {row[0]: row[1:] for row in conn.execute(
+            "SELECT id, message_sid, body, status, last_error, completed_at IS NOT NULL,"
+            " user_id FROM inbound_messages WHERE id = ANY(%s)", ([ids[0], ids[2]],)
+        ).fetchall()}
+    # Each id belongs to its own row (the batch is sent in SID order; answers follow rows).
+    assert rows_by_id[ids[0]][:5] == (twice, "hi", "received", None, False)
+    assert rows_by_id[ids[0]][5] is None
+    assert rows_by_id[ids[2]][:5] == (fresh, "émoji 🎉 ' \\", "rejected", "rate_limited", True)
     assert await insert_messages(pool, []) == []
 
 
