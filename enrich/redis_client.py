@@ -106,12 +106,11 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except RespError as exc:
-            if exc.prefix != "NOSCRIPT":
-                raise
-        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
+        """Run once; an error reply raises RespError."""
+        reply = (await self.run_many([(keys, args)]))[0]
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
 
     async def run_many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Run the script once per (keys, args), pipelined; error replies come back as

@@ -172,6 +172,22 @@ def _seconds(pcm: bytes) -> float:
     return len(pcm) / (2 * _PCM_RATE)
 
 
+async def transcribe_locally(
+    path: Path, name: EngineName, limiter: trio.CapacityLimiter,
+    recognize: Callable[[bytes], str],
+) -> Transcript:
+    """The local engines' shape: decode, then recognise the PCM in a worker thread.
+
+    A long note is minutes of CPU: on cancellation (a deadline, a shutdown) the caller
+    returns at once and the abandoned thread stops at its next chunk or segment; it keeps
+    its limiter slot until then, so concurrency stays bounded.
+    """
+    pcm = await _decode(path, limiter)
+    text = await trio.to_thread.run_sync(recognize, pcm, limiter=limiter,
+                                         abandon_on_cancel=True)
+    return Transcript(text, name, _seconds(pcm))
+
+
 # -- none ----------------------------------------------------------------------------------
 
 
@@ -454,14 +470,7 @@ class LocalEngine:
             self._idle.clear()
 
     async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
-        pcm = await _decode(path, self.limiter)
-        # A long note is minutes of CPU: on cancellation (a deadline, a shutdown) the
-        # caller returns at once and the abandoned thread stops at its next chunk; it
-        # keeps its limiter slot until then, so concurrency stays bounded.
-        text = await trio.to_thread.run_sync(
-            self._recognize, pcm, limiter=self.limiter, abandon_on_cancel=True
-        )
-        return Transcript(text, self.name, _seconds(pcm))
+        return await transcribe_locally(path, self.name, self.limiter, self._recognize)
 
     def _recognize(self, pcm: bytes) -> str:
         decoder = self._take()

@@ -58,8 +58,7 @@ from enrich.speech.engines import (
     CHUNK_SECONDS,
     EngineName,
     Transcript,
-    _decode,
-    _seconds,
+    transcribe_locally,
 )
 from enrich.twilio_rest import limiter_stats
 
@@ -173,14 +172,7 @@ class WhisperEngine:
         self._model = None
 
     async def transcribe(self, path: Path, kind: MediaKind) -> Transcript | None:
-        pcm = await _decode(path, self.limiter)
-        # On cancellation (a deadline, a shutdown) the caller gets control back at once;
-        # the abandoned thread keeps its limiter slot, so concurrency stays bounded, and
-        # stops at its next segment.
-        text = await trio.to_thread.run_sync(
-            self._recognize, pcm, limiter=self.limiter, abandon_on_cancel=True
-        )
-        return Transcript(text, self.name, _seconds(pcm))
+        return await transcribe_locally(path, self.name, self.limiter, self._recognize)
 
     def _recognize(self, pcm: bytes) -> str:
         with self._lock:

@@ -54,6 +54,16 @@ async def _listener_pids(db: str, name: str = "%:wakeup") -> list[int]:
     return [int(pid) for (pid,) in await query(db, _LISTENERS, name)]
 
 
+async def _worker_and_web(apps: Apps) -> tuple[Running, Running, str, JobRunner]:
+    """A slow-polling worker and a web app (sender linked): the split deployment."""
+    worker = await apps.start(role="worker", settings=apps.settings(**SLOW_POLL))
+    web = await apps.start(role="web")
+    await web.link()
+    runner = worker.state.runner
+    assert runner is not None and web.state.runner is None
+    return worker, web, _db(web), runner
+
+
 async def _polled(runner: JobRunner, times: int) -> None:
     """Wait until the runner has polled ``times`` times, then for that poll to finish."""
 
@@ -67,12 +77,7 @@ async def _polled(runner: JobRunner, times: int) -> None:
 async def test_worker_processes_messages_stored_by_another_process_at_once(
     apps: Apps, http: httpx.AsyncClient
 ) -> None:
-    worker = await apps.start(role="worker", settings=apps.settings(**SLOW_POLL))
-    web = await apps.start(role="web")
-    await web.link()
-    db = _db(web)
-    runner = worker.state.runner
-    assert runner is not None and web.state.runner is None
+    worker, web, db, runner = await _worker_and_web(apps)
     await _polled(runner, 2)  # its first poll, and the one the listener's connect asked for
 
     sids: list[str] = []
@@ -108,12 +113,7 @@ async def test_worker_processes_messages_stored_by_another_process_at_once(
 async def test_listener_reconnects_after_its_backend_is_terminated(
     apps: Apps, http: httpx.AsyncClient
 ) -> None:
-    worker = await apps.start(role="worker", settings=apps.settings(**SLOW_POLL))
-    web = await apps.start(role="web")
-    await web.link()
-    db = _db(web)
-    runner = worker.state.runner
-    assert runner is not None
+    worker, web, db, runner = await _worker_and_web(apps)
     [old_pid] = await _listener_pids(db)
     health = worker.state.tasks["wakeup"]
     await _polled(runner, 2)

@@ -74,7 +74,9 @@ async def test_lanes_are_released_when_idle() -> None:
     assert run.batches == [[0], [1], [2], [3], [4]]
 
 
-async def test_batch_wide_error_reaches_every_caller() -> None:
+async def _errors_of_failing_batches(callers: int) -> list[BaseException]:
+    """Every caller's error when every batch raises ConnectionError("down")."""
+
     async def boom(items: Sequence[int]) -> list[outcome.Outcome[int]]:
         await trio.sleep(0.01)
         raise ConnectionError("down")
@@ -89,9 +91,13 @@ async def test_batch_wide_error_reaches_every_caller() -> None:
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:
-        for i in range(10):
+        for i in range(callers):
             nursery.start_soon(call, i)
-    assert len(errors) == 10
+    return errors
+
+
+async def test_batch_wide_error_reaches_every_caller() -> None:
+    assert len(await _errors_of_failing_batches(10)) == 10
 
 
 async def test_an_item_error_reaches_only_its_caller() -> None:
@@ -246,22 +252,7 @@ def test_invalid_limits_are_refused(kwargs: dict[str, float]) -> None:
 
 
 async def test_each_caller_raises_its_own_copy_of_a_batch_error() -> None:
-    async def boom(items: Sequence[int]) -> list[outcome.Outcome[int]]:
-        await trio.sleep(0.01)
-        raise ConnectionError("down")
-
-    batcher: Batcher[int, int] = Batcher(boom, lanes=1)
-    errors: list[BaseException] = []
-
-    async def call(i: int) -> None:
-        try:
-            await batcher.submit(i)
-        except ConnectionError as exc:
-            errors.append(exc)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(8):
-            nursery.start_soon(call, i)
+    errors = await _errors_of_failing_batches(8)
     assert len({id(e) for e in errors}) == 8  # no object shared between tasks
     assert all(str(e) == "down" and isinstance(e.__cause__, ConnectionError) for e in errors)
     depths = set()
