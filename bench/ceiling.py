@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import OUT_DIR, WEBHOOK_PATH, TrafficSpec
+from bench.common import OUT_DIR, WEBHOOK_PATH, CpuLayout, TrafficSpec, pinned
 
 TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Message>ok</Message></Response>'
 
@@ -64,22 +64,31 @@ def serve(port: int) -> None:
 
 
 def measure(*, duration: float = 30.0, concurrent: int = 100, workers: int = 2,
-            rate: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Start the trivial server, load it, stop it; the load test's summary."""
+            rate: float | None = None, progress: bool = True,
+            layout: CpuLayout | None = None) -> dict[str, Any]:
+    """Start the trivial server, load it, stop it; the load test's summary.
+
+    With ``layout`` (the suite's ``--pin``) the server and the generator are placed as
+    bench.serve places the web process and everything else, so the ratio compares like
+    with like.
+    """
     import os
 
     from bench.load_test import LoadConfig, run_load
     from bench.serve import spawn_json, stop_process
+    from enrich.tuning import format_cpu_list
 
     env = dict(os.environ)
     log = open(os.devnull, "wb")  # noqa: SIM115
-    proc, ready = spawn_json([sys.executable, "-m", "bench.ceiling", "serve", "--port", "0"],
-                             env, log)
+    with pinned(layout.web if layout else None):
+        proc, ready = spawn_json(
+            [sys.executable, "-m", "bench.ceiling", "serve", "--port", "0"], env, log)
     try:
         url = ready["binds"][0] + WEBHOOK_PATH  # bound to 127.0.0.1
         cfg = LoadConfig(traffic=TrafficSpec(url=url, sign_url=url, auth_token="ceiling"),
                          concurrent=concurrent, duration=duration, rate=rate, workers=workers,
-                         name="ceiling", progress=progress)
+                         name="ceiling", progress=progress,
+                         cpu_affinity=format_cpu_list(layout.rest) if layout else "")
         cfg.server_pid = proc.pid
         summary = run_load(cfg)
     finally:
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="open model instead of closed")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server alone on the last CPU, the generator on the others "
+                             "(as bench.serve --pin)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.port)
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import format_report, write_outputs
 
     summary = measure(duration=args.duration, concurrent=args.concurrent,
-                      workers=args.workers, rate=args.rate, progress=not args.quiet)
+                      workers=args.workers, rate=args.rate, progress=not args.quiet,
+                      layout=CpuLayout.dedicated() if args.pin else None)
     print(format_report(summary))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in write_outputs(summary, args.out, f"ceiling-{stamp}"):

@@ -9,6 +9,7 @@ active), as real traffic is: a few people text a lot, most text rarely.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import os
 import platform
@@ -18,7 +19,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,44 @@ def out_path(name: str, out_dir: Path | None = None) -> Path:
     directory = out_dir or OUT_DIR
     directory.mkdir(parents=True, exist_ok=True)
     return directory / name
+
+
+@dataclass(frozen=True)
+class CpuLayout:
+    """Which CPUs the webhook process gets to itself, and which everything else shares.
+
+    The deployment the suite measures with ``--pin``: the web process (or the trivial
+    server, for the ceiling) alone on the last ``web`` CPUs; PostgreSQL, Valkey, the
+    fakes, the worker and the load generator on the others, as the systemd units'
+    ``CPUAffinity=`` lines recommend (see bench/RESULTS.md for why).
+    """
+
+    web: frozenset[int]
+    rest: frozenset[int]
+
+    @classmethod
+    def dedicated(cls, web_cpus: int = 1) -> CpuLayout:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) <= web_cpus:
+            raise ValueError(f"pinning needs more than {web_cpus} CPU(s); this process may "
+                             f"use {len(cpus)}")
+        return cls(web=frozenset(cpus[-web_cpus:]), rest=frozenset(cpus[:-web_cpus]))
+
+    def describe(self) -> str:
+        from enrich.tuning import format_cpu_list
+
+        return f"web on CPU {format_cpu_list(self.web)}, the rest on {format_cpu_list(self.rest)}"
+
+
+@contextlib.contextmanager
+def pinned(cpus: frozenset[int] | None) -> Iterator[None]:
+    """Run the block with this thread on ``cpus`` (processes it starts inherit them)."""
+    if not cpus:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)

@@ -66,6 +66,7 @@ class E2EOptions:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
     split: bool = False  # web and worker processes (bench.serve --split)
+    pin: bool = False  # the web process on a CPU of its own (bench.serve --pin)
     worker_nice: int = 10
 
 
@@ -235,7 +236,7 @@ def job_durations(log_path: Path, database_url: str) -> dict[str, Any]:
 def run(opts: E2EOptions) -> dict[str, Any]:
     serve = ServeOptions(senders=opts.senders, speech_latency=opts.speech_latency,
                          twilio_send_latency=opts.send_latency, env=opts.env,
-                         split=opts.split, worker_nice=opts.worker_nice)
+                         split=opts.split, worker_nice=opts.worker_nice, pin=opts.pin)
     with BenchServer(serve) as server:
         voice, image = register_media(server.fake["api_url"], opts)
         env = {**os.environ, **server.load_env()}
@@ -333,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true",
                         help="web + niced worker processes (bench.serve --split)")
     parser.add_argument("--worker-nice", type=int, default=d.worker_nice, metavar="N")
+    parser.add_argument("--pin", action="store_true",
+                        help="the web process alone on the last CPU (bench.serve --pin)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)

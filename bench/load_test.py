@@ -18,6 +18,8 @@ Environment (the seed's names first):
     LOAD_TEST_WORKER_PID, LOAD_TEST_WORKER_URL  a separate job process (bench.serve --split):
                            its CPU and RSS, and its /api/sms/performance/stats
     LOAD_TEST_CEILING_RPS  framework ceiling measured in the same session (bench.ceiling)
+    LOAD_TEST_CPU_AFFINITY the generator's CPUs, e.g. 0 (bench.serve --pin: off the web
+                           process's core, as Twilio's traffic comes from elsewhere)
 
 ``--setup`` links the senders (verified) in the server's database first: DATABASE_URL,
 or the embedded servers of ENRICH_DATA_DIR (local mode), as ``enrich phone link`` does.
@@ -51,6 +53,7 @@ from bench.common import (
 from bench.loadgen import WorkerPlan, worker_main
 from bench.monitor import ServerMonitor
 from bench.report import Targets, analyse, format_report, write_outputs
+from enrich.tuning import parse_cpu_list
 
 
 @dataclass
@@ -69,6 +72,8 @@ class LoadConfig:
     more_server_pids: tuple[int, ...] = ()  # further web processes (WEB_REUSE_PORT)
     worker_pid: int | None = None  # jobs in their own process (bench.serve --split)
     worker_url: str | None = None  # its origin, for its performance statistics
+    # The generator's CPUs (bench.serve --pin: off the web process's core), as a list.
+    cpu_affinity: str = ""
     targets: Targets = field(default_factory=Targets)
     out_dir: Path = OUT_DIR
     name: str = ""
@@ -116,6 +121,7 @@ class LoadConfig:
             more_server_pids=tuple(pids[1:]),
             worker_pid=worker_pid or None,
             worker_url=e.get("LOAD_TEST_WORKER_URL") or None,
+            cpu_affinity=e.get("LOAD_TEST_CPU_AFFINITY", ""),
             targets=Targets(p99_ms=env_float("LOAD_TEST_TARGET_P99_MS", 50.0, e),
                             ceiling_rps=ceiling or None),
             out_dir=Path(e.get("LOAD_TEST_OUT") or OUT_DIR),
@@ -172,6 +178,7 @@ def plans(cfg: LoadConfig, address: tuple[str, int], seed: int) -> list[WorkerPl
             phase=i / cfg.rate if cfg.rate else 0.0, connections=conns,
             duration=cfg.duration, max_requests=limit, timeout=cfg.timeout,
             seed=seed * 1000 + i, prebuild=min(expected, 200_000),
+            cpus=parse_cpu_list(cfg.cpu_affinity),
         ))
     return result
 

@@ -43,7 +43,16 @@ from typing import IO, Any
 
 import httpx
 
-from bench.common import DEFAULT_ACCOUNT_SID, OUR_NUMBER, WEBHOOK_PATH, free_port, out_path
+from bench.common import (
+    DEFAULT_ACCOUNT_SID,
+    OUR_NUMBER,
+    WEBHOOK_PATH,
+    CpuLayout,
+    free_port,
+    out_path,
+    pinned,
+)
+from enrich.tuning import format_cpu_list
 
 _OUR_VARS = ("DATABASE_URL", "REDIS_URL", "PUBLIC_URL", "ENRICH_DATA_DIR", "PORT", "HOST",
              "TWILIO_API_BASE_URL", "SPEECH_ENDPOINT", "STT_ENGINE", "ADMIN_TOKEN")
@@ -121,14 +130,22 @@ class ServeOptions:
     # With split: this many web processes sharing ``port`` (WEB_REUSE_PORT), so the
     # webhooks use more than one core.
     web_processes: int = 1
+    # Give the web process(es) CPUs of their own (CpuLayout.dedicated): everything else
+    # this starts, and the load generator (LOAD_TEST_CPU_AFFINITY), shares the rest.
+    pin: bool = False
     profile_to: Path | None = None  # run the server under cProfile, stats written here
     keep: bool = False  # keep the temp dir (logs) after stop
 
     @property
     def deployment(self) -> str:
         if not self.split:
-            return self.role
-        return "split" if self.web_processes == 1 else f"split, {self.web_processes} web"
+            name = self.role
+        else:
+            name = "split" if self.web_processes == 1 else f"split, {self.web_processes} web"
+        return name + (", pinned" if self.pin else "")
+
+    def cpu_layout(self) -> CpuLayout | None:
+        return CpuLayout.dedicated(self.web_processes if self.split else 1) if self.pin else None
 
 
 
@@ -152,6 +169,7 @@ class BenchServer:
         self.redis_url = ""
         self._embedded: Any = None
         self._logs: list[IO[bytes]] = []
+        self.layout = self.options.cpu_layout()
 
     # -- addresses --------------------------------------------------------------------
 
@@ -200,6 +218,15 @@ class BenchServer:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> BenchServer:
+        try:
+            with pinned(self.layout.rest if self.layout else None):
+                self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_all(self) -> None:
         import psycopg
         import trio
 
@@ -207,70 +234,68 @@ class BenchServer:
         from enrich.embedded import EmbeddedPostgres, EmbeddedRedis
         from enrich.local import Embedded
 
-        try:
-            self._embedded = Embedded(EmbeddedPostgres(self.root), EmbeddedRedis(self.root))
-            assert self._embedded.postgres and self._embedded.redis
-            self.redis_url = self._embedded.redis.start().url
-            for attempt in (1, 2):
-                self.database_url = self._embedded.postgres.start().url
-                try:
-                    trio.run(link_senders, self.database_url, self.options.senders)
-                    break
-                except Exception as exc:
-                    # Seen once on this shared machine: the fresh cluster reported "shutting
-                    # down" during setup. Start it again (same data) and link once more.
-                    refused = isinstance(exc, psycopg.OperationalError) or (
-                        isinstance(exc, ExceptionGroup)
-                        and exc.subgroup(psycopg.OperationalError) is not None)
-                    if attempt == 2 or not refused:
-                        raise
-                    self._embedded.postgres.stop()
-            base_env = {k: v for k, v in os.environ.items() if k not in _OUR_VARS}
-            fake_env = {**base_env, "TWILIO_AUTH_TOKEN": self.token,
-                        "TWILIO_ACCOUNT_SID": self.account_sid}
-            proc, self.fake = spawn_json(
-                [sys.executable, "-m", "enrich.testing.fake_twilio",
-                 "--send-latency", str(self.options.twilio_send_latency)],
-                fake_env, self._log("fake_twilio.log"))
+        self._embedded = Embedded(EmbeddedPostgres(self.root), EmbeddedRedis(self.root))
+        assert self._embedded.postgres and self._embedded.redis
+        self.redis_url = self._embedded.redis.start().url
+        for attempt in (1, 2):
+            self.database_url = self._embedded.postgres.start().url
+            try:
+                trio.run(link_senders, self.database_url, self.options.senders)
+                break
+            except Exception as exc:
+                # Seen once on this shared machine: the fresh cluster reported "shutting
+                # down" during setup. Start it again (same data) and link once more.
+                refused = isinstance(exc, psycopg.OperationalError) or (
+                    isinstance(exc, ExceptionGroup)
+                    and exc.subgroup(psycopg.OperationalError) is not None)
+                if attempt == 2 or not refused:
+                    raise
+                self._embedded.postgres.stop()
+        base_env = {k: v for k, v in os.environ.items() if k not in _OUR_VARS}
+        fake_env = {**base_env, "TWILIO_AUTH_TOKEN": self.token,
+                    "TWILIO_ACCOUNT_SID": self.account_sid}
+        proc, self.fake = spawn_json(
+            [sys.executable, "-m", "enrich.testing.fake_twilio",
+             "--send-latency", str(self.options.twilio_send_latency)],
+            fake_env, self._log("fake_twilio.log"))
+        self.procs.append(proc)
+        if self.options.speech_latency is not None:
+            proc, self.speech = spawn_json(
+                [sys.executable, "-m", "enrich.testing.fake_speech",
+                 "--latency", str(self.options.speech_latency), "--no-validate"],
+                base_env, self._log("fake_speech.log"))
             self.procs.append(proc)
-            if self.options.speech_latency is not None:
-                proc, self.speech = spawn_json(
-                    [sys.executable, "-m", "enrich.testing.fake_speech",
-                     "--latency", str(self.options.speech_latency), "--no-validate"],
-                    base_env, self._log("fake_speech.log"))
-                self.procs.append(proc)
-            env = {**base_env, **self.server_env(), **self.options.env}
-            if not self.options.split:
-                self.server = self._spawn_enrich(self.options.role, self.port, env,
-                                                 "server.log", self.options.profile_to)
-                wait_ready(self.origin + "/health/ready", 60, self.server)
-            else:
-                assert self.worker_port is not None and self.worker_origin is not None
-                # Distinct instance ids: each process owns (and cleans) its temp
-                # subdirectory, and its PostgreSQL connections are named after it.
-                instance = env.get("INSTANCE_ID") or f"bench-{self.port}"
-                profile = self.options.profile_to
-                webs = self.options.web_processes
-                for i in range(webs):
-                    web_env = {**env, "INSTANCE_ID": f"{instance}-web{i or ''}"}
-                    if webs > 1:
-                        web_env["WEB_REUSE_PORT"] = "true"
-                    self.webs.append(self._spawn_enrich(
-                        "web", self.port, web_env, f"server{i or ''}.log",
-                        profile if i == 0 else None))
-                self.server = self.webs[0]
-                self.worker = self._spawn_enrich(
-                    "worker", self.worker_port,
-                    {**env, "INSTANCE_ID": f"{instance}-worker"},
-                    "worker.log", profile and profile.with_name(profile.name + ".worker"),
-                    nice=self.options.worker_nice)
-                for web in self.webs:
-                    wait_ready(self.origin + "/health/ready", 60, web)
-                wait_ready(self.worker_origin + "/health/ready", 60, self.worker)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        env = {**base_env, **self.server_env(), **self.options.env}
+        # The process answering webhooks moves itself to its own CPUs (CPU_AFFINITY).
+        web_pin = ({"CPU_AFFINITY": format_cpu_list(self.layout.web)}
+                   if self.layout is not None else {})
+        if not self.options.split:
+            self.server = self._spawn_enrich(self.options.role, self.port, {**env, **web_pin},
+                                             "server.log", self.options.profile_to)
+            wait_ready(self.origin + "/health/ready", 60, self.server)
+        else:
+            assert self.worker_port is not None and self.worker_origin is not None
+            # Distinct instance ids: each process owns (and cleans) its temp
+            # subdirectory, and its PostgreSQL connections are named after it.
+            instance = env.get("INSTANCE_ID") or f"bench-{self.port}"
+            profile = self.options.profile_to
+            webs = self.options.web_processes
+            for i in range(webs):
+                web_env = {**env, **web_pin, "INSTANCE_ID": f"{instance}-web{i or ''}"}
+                if webs > 1:
+                    web_env["WEB_REUSE_PORT"] = "true"
+                self.webs.append(self._spawn_enrich(
+                    "web", self.port, web_env, f"server{i or ''}.log",
+                    profile if i == 0 else None))
+            self.server = self.webs[0]
+            self.worker = self._spawn_enrich(
+                "worker", self.worker_port,
+                {**env, "INSTANCE_ID": f"{instance}-worker"},
+                "worker.log", profile and profile.with_name(profile.name + ".worker"),
+                nice=self.options.worker_nice)
+            for web in self.webs:
+                wait_ready(self.origin + "/health/ready", 60, web)
+            wait_ready(self.worker_origin + "/health/ready", 60, self.worker)
 
     def _spawn_enrich(self, role: str, port: int, env: dict[str, str], log_name: str,
                       profile_to: Path | None, nice: int = 0) -> subprocess.Popen[bytes]:
@@ -320,6 +345,8 @@ class BenchServer:
             # Every web process (they share the port): the load test sums their CPU.
             "LOAD_TEST_SERVER_PID": ",".join(str(p.pid) for p in self.webs) or str(self.pid),
             "LOAD_TEST_DATABASE_URL": self.database_url,
+            **({"LOAD_TEST_CPU_AFFINITY": format_cpu_list(self.layout.rest)}
+               if self.layout is not None else {}),
             **({"LOAD_TEST_WORKER_PID": str(self.worker_pid),
                 "LOAD_TEST_WORKER_URL": self.worker_origin}
                if self.worker_pid and self.worker_origin else {}),
@@ -375,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --split: the worker's niceness increment (default 10)")
     parser.add_argument("--web-processes", type=int, default=1, metavar="N",
                         help="with --split: N web processes sharing --port (WEB_REUSE_PORT)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the web process(es) alone on the last CPU(s); the stores, "
+                             "fakes, worker and load generator on the others")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="run the server under cProfile; stats written at exit")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")
@@ -399,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ServeOptions(port=args.port, senders=args.senders, rate_limit=args.rate_limit,
                            speech_latency=args.speech_latency, env=extra, keep=args.keep,
                            role=args.role, split=args.split, worker_nice=args.worker_nice,
-                           web_processes=args.web_processes, profile_to=args.profile)
+                           web_processes=args.web_processes, profile_to=args.profile,
+                           pin=args.pin)
     with BenchServer(options) as server:
         env_file = args.env_file or out_path("serve.env")
         env_file.parent.mkdir(parents=True, exist_ok=True)

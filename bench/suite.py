@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployment", choices=tuple(DEPLOYMENTS), default="split",
                         help="what the load runs measure: split (web + niced worker, "
                              "default) or all (one process)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the web process (and the ceiling's server) alone on the last "
+                             "CPU; the stores, fakes, worker and generator on the others")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -235,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine_info(), "quick": args.quick,
                                "code": code_version(), "deployment": args.deployment}
-    base = ServeOptions(split=args.deployment == "split")
+    base = ServeOptions(split=args.deployment == "split", pin=args.pin)
+    results["pinned"] = args.pin
 
     def ceiling(name: str = "ceiling") -> dict[str, Any]:
         from bench.ceiling import measure
 
-        s = measure(duration=30 * q, concurrent=100)
+        s = measure(duration=30 * q, concurrent=100, layout=base.cpu_layout())
         print(format_report(s), flush=True)
         write_outputs(s, out, name)
         return {k: v for k, v in s.items() if not k.startswith("_")}
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     def e2e() -> dict[str, Any]:
         from bench.e2e import E2EOptions, format_result, run
 
-        e = run(E2EOptions(messages=max(100, int(3000 * q)), split=base.split))
+        e = run(E2EOptions(messages=max(100, int(3000 * q)), split=base.split, pin=base.pin))
         print(format_result(e), flush=True)
         return e
 

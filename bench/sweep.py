@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="web: the server only answers webhooks (no pipeline)")
     parser.add_argument("--split", action="store_true",
                         help="web and (niced) worker processes, as bench.serve --split")
+    parser.add_argument("--pin", action="store_true",
+                        help="the server (and the ceiling's) alone on the last CPU, the rest "
+                             "on the others (bench.serve --pin)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
     if args.split and args.role != "all":
@@ -106,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.ceiling import measure
 
     print("ceiling (trivial route, closed model, 100 connections) ...", file=sys.stderr)
+    options = ServeOptions(senders=args.senders, role=args.role, split=args.split,
+                           pin=args.pin)
     ceiling = measure(duration=args.ceiling_seconds, concurrent=100, workers=args.workers,
-                      progress=False)
+                      progress=False, layout=options.cpu_layout())
     ceiling_rps = ceiling["throughput"]["answers_per_s"]
     print(f"  ceiling {ceiling_rps:.0f}/s", file=sys.stderr)
-    options = ServeOptions(senders=args.senders, role=args.role, split=args.split)
     result = sweep(options, [float(r) for r in args.rates.split(",")],
                    seconds=args.step_seconds, p99_ms=args.p99_ms, workers=args.workers)
     result["role"] = args.role

@@ -40,6 +40,7 @@ from enrich.sdnotify import SystemdNotifier
 from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
 from enrich.supervisor import Supervisor
+from enrich.tuning import freeze_startup_heap
 from enrich.twilio_rest import TwilioSender
 from enrich.web import health, performance, phone_api, webhook
 
@@ -171,7 +172,9 @@ def create_app(
             await app.nursery.start(supervisor.keep_running, "wakeup", wakeup)
         if state.outbox is not None:
             await app.nursery.start(supervisor.keep_running, "outbox", state.outbox.run)
-        log.info("serving", extra={"role": role})
+        # Everything allocated so far lives until exit: keep it out of later collections.
+        frozen = freeze_startup_heap()
+        log.info("serving", extra={"role": role, "frozen_objects": frozen})
 
     @app.after_serving
     async def shutdown() -> None:

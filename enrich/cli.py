@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from enrich.logs import register_secret
     from enrich.sdnotify import SystemdNotifier
     from enrich.server import serve_app, wait_for_signal
+    from enrich.tuning import AffinityError, format_cpu_list, pin_process
 
     settings = apply_local_defaults(_settings())
     _configure_logging(settings)
@@ -79,6 +80,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for secret in (settings.twilio_auth_token, settings.admin_token, settings.jwt_secret):
             if secret:
                 register_secret(secret)
+        if settings.cpu_affinity:
+            # After the embedded servers started (they keep every CPU), before trio's
+            # threads start (they inherit it).
+            pinned = pin_process(settings.cpu_affinity)
+            log.info("pinned", extra={"cpus": format_cpu_list(pinned)})
         app = create_app(settings, role=args.role, notifier=notifier)
 
         async def shutdown_trigger() -> None:
@@ -95,6 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await notifier.ready(status=f"serving on {', '.join(binds)}")
 
         trio.run(main)
+    except AffinityError as exc:
+        print(f"enrich: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     finally:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from enrich.tuning import parse_cpu_list
+
 
 class ConfigError(ValueError):
     """A variable has a value we cannot use. The message names it and what is allowed."""
@@ -167,6 +169,14 @@ class Settings:
         "Let several processes listen on the same HOST:PORT (SO_REUSEPORT, Linux): the "
         "kernel spreads new connections across them, so webhooks use more than one core. "
         "Each process needs its own INSTANCE_ID, and DATABASE_URL and REDIS_URL.",
+    )
+    cpu_affinity: frozenset[int] = _var(
+        "CPU_AFFINITY",
+        parse_cpu_list,
+        "",
+        "CPUs this process runs on, e.g. 0 or 1-3 (unset: all). Give the web process a "
+        "core of its own and the workers, PostgreSQL and Redis the others: sharing its "
+        "core is what lengthens the acks' tail most on a small host.",
     )
     public_url: str | None = _var(
         "PUBLIC_URL",

@@ -227,3 +227,38 @@ def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
             assert '"job finished"' not in log.read_text()
         assert len(httpx.get(server.fake["api_url"] + "/_fake/messages").json()) == 12
     assert not any(p.is_running() for p in [*web_procs, worker])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_bench_server_pins_the_web_process_to_a_cpu_of_its_own(tmp_path: Path) -> None:
+    """bench.serve --pin: the web process (every thread) alone on the last CPU; the
+    worker, the stores and the load generator on the others; the caller's own affinity
+    is left as it was."""
+    import subprocess
+
+    import psutil
+
+    from bench.serve import BenchServer, ServeOptions
+    from enrich.tuning import parse_cpu_list
+
+    ours = os.sched_getaffinity(0)
+    with BenchServer(ServeOptions(senders=5, split=True, pin=True)) as server:
+        layout = server.layout
+        assert layout is not None and layout.web == {max(ours)} and layout.rest == ours - layout.web
+        assert os.sched_getaffinity(0) == ours
+        web = psutil.Process(server.pid)
+        assert {frozenset(os.sched_getaffinity(t.id)) for t in web.threads()} == {layout.web}
+        assert set(psutil.Process(server.worker_pid).cpu_affinity()) == layout.rest
+        postmaster = int((server.root / "postgres" / "postmaster.pid").read_text().split()[0])
+        assert set(psutil.Process(postmaster).cpu_affinity()) == layout.rest
+        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
+               "LOAD_TEST_DUPLICATE_SHARE": "0"}
+        assert parse_cpu_list(env["LOAD_TEST_CPU_AFFINITY"]) == layout.rest
+        run = subprocess.run(
+            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
+             "--count", "12", "--out", str(tmp_path), "--name", "pinned", "--no-plot"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        data = json.loads((tmp_path / "pinned.json").read_text())
+        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        assert data["config"]["cpu_affinity"] == env["LOAD_TEST_CPU_AFFINITY"]

@@ -32,6 +32,16 @@ def test_serve_refuses_without_a_token_outside_local_mode(tmp_path: Path) -> Non
     assert "TWILIO_AUTH_TOKEN is not set" in done.stderr
 
 
+def test_serve_refuses_a_cpu_affinity_it_cannot_have(tmp_path: Path) -> None:
+    done = _run("serve", env={"DATABASE_URL": "postgresql://u@127.0.0.1:1/x",
+                              "REDIS_URL": "redis://127.0.0.1:1/0",
+                              "TWILIO_AUTH_TOKEN": "t" * 32, "CPU_AFFINITY": "4000",
+                              "ENRICH_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2
+    assert "CPU_AFFINITY=4000 names no CPU this process may use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_config_lists_every_variable() -> None:
     done = _run("config")
     assert done.returncode == 0

@@ -99,3 +99,10 @@ def test_reuse_port_needs_an_instance_id_and_shared_servers() -> None:
         Settings.from_env({"WEB_REUSE_PORT": "true", "INSTANCE_ID": "web-1"})  # embedded
     settings = Settings.from_env({"WEB_REUSE_PORT": "yes", "INSTANCE_ID": "web-1", **shared})
     assert settings.web_reuse_port and settings.effective_instance_id == "web-1"
+
+
+def test_cpu_affinity_is_a_kernel_cpu_list() -> None:
+    assert Settings.from_env({}).cpu_affinity == frozenset()
+    assert Settings.from_env({"CPU_AFFINITY": "0,2-3"}).cpu_affinity == {0, 2, 3}
+    with pytest.raises(ConfigError, match="CPU_AFFINITY='fast' is not valid: expected a CPU"):
+        Settings.from_env({"CPU_AFFINITY": "fast"})
