@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     def sweep(options: ServeOptions) -> dict[str, Any]:
         from bench.sweep import sweep as run_sweep
 
-        rates = [100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0]
+        rates = [100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0]
         s = run_sweep(options, rates, seconds=20 * q, p99_ms=100.0)
         s["role"] = options.role
         s["deployment"] = options.deployment
