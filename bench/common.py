@@ -292,9 +292,10 @@ class CpuLayout:
     """Which CPUs the webhook process gets to itself, and which everything else shares.
 
     The deployment the suite measures with ``--pin``: the web process (or the trivial
-    server, for the ceiling) alone on the last ``web`` CPUs; PostgreSQL, Valkey, the
-    fakes, the worker and the load generator on the others, as the systemd units'
-    ``CPUAffinity=`` lines recommend (see bench/RESULTS.md for why).
+    server, for the ceiling) on the last ``web`` CPUs, which nothing else at normal
+    priority uses; PostgreSQL, Valkey, the fakes and the load generator on the others;
+    the worker (niced, paced on the acks) anywhere, as the systemd units' ``CPUAffinity=``
+    lines recommend (see bench/RESULTS.md for why).
     """
 
     web: frozenset[int]

@@ -174,9 +174,9 @@ class Settings:
         "CPU_AFFINITY",
         parse_cpu_list,
         "",
-        "CPUs this process runs on, e.g. 0 or 1-3 (unset: all). Give the web process a "
-        "core of its own and the workers, PostgreSQL and Redis the others: sharing its "
-        "core is what lengthens the acks' tail most on a small host.",
+        "CPUs this process runs on, e.g. 0 or 1-3 (unset: all). Keep PostgreSQL and Redis "
+        "off the web process's core: sharing it is what lengthens the acks' tail most on "
+        "a small host.",
     )
     public_url: str | None = _var(
         "PUBLIC_URL",

@@ -27,7 +27,7 @@ from enrich.core.twiml import render_message
 from enrich.db.pool import ConnectionPool
 from enrich.ratelimit import Decision, RateLimiter, retry_phrase
 from enrich.redis_client import RedisClient, RedisUnavailable
-from enrich.store import NewMessage, Owner, insert_messages, lookup_owner, message_status
+from enrich.store import NewMessage, Owner, insert_messages, lookup_owners, message_status
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ def limit_text(limit: int, retry_after_s: float | None) -> str:
 INSERT_BATCH_MAX = 64
 INSERT_LANES = 2
 INSERT_DEADLINE_S = 10.0
+# Owner lookups (phone-cache misses) are batched the same way: after a restart every
+# sender misses at once, and one statement per sender would queue for the pool ahead
+# of the INSERTs. Its deadline leaves the INSERT its own within Twilio's 15 s.
+LOOKUP_DEADLINE_S = 4.0
 
 
 class Ingest:
@@ -101,6 +105,10 @@ class Ingest:
             "verification", maxsize=500, ttl=settings.cache_verification_ttl / 1000
         )
         self.limiter = RateLimiter(redis, settings.rate_limit_messages_per_hour)
+        self.lookups: Batcher[str, Owner | None] = Batcher(
+            self._lookup_batch, max_batch=INSERT_BATCH_MAX, lanes=INSERT_LANES,
+            timeout=LOOKUP_DEADLINE_S,
+        )
         # Concurrent webhooks share INSERTs (enrich.batching): one statement stores every
         # message that queued while the previous statement ran.
         self.inserts: Batcher[NewMessage, int | None] = Batcher(
@@ -238,7 +246,17 @@ class Ingest:
     # --- cached lookups -----------------------------------------------------------------
 
     async def owner(self, phone: str) -> Owner | None:
-        return await self.phone_cache.get_or_load(phone, lambda: lookup_owner(self.db, phone))
+        return await self.phone_cache.get_or_load(phone, lambda: self._lookup(phone))
+
+    async def _lookup(self, phone: str) -> Owner | None:
+        with trio.fail_after(LOOKUP_DEADLINE_S):
+            return await self.lookups.submit(phone)
+
+    async def _lookup_batch(
+        self, phones: Sequence[str]
+    ) -> list[outcome.Outcome[Owner | None]]:
+        found = await lookup_owners(self.db, phones)
+        return [outcome.Value(found.get(phone)) for phone in phones]
 
     async def verified(self, phone: str, owner: Owner) -> bool:
         async def load() -> bool:

@@ -64,15 +64,17 @@ class Notification:
 # --- webhook ----------------------------------------------------------------------------
 
 
-async def lookup_owner(pool: ConnectionPool, phone: str) -> Owner | None:
+async def lookup_owners(pool: ConnectionPool, phones: Sequence[str]) -> dict[str, Owner]:
+    """The owners of those of ``phones`` that are linked, in one statement."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT user_id, verified FROM user_phone_numbers WHERE phone_number = %s",
-            (phone,),
+            "SELECT phone_number, user_id, verified FROM user_phone_numbers"
+            " WHERE phone_number = ANY(%s)",
+            (list(phones),),
             prepare=True,
         )
-        row = await cur.fetchone()
-    return Owner(user_id=row[0], verified=bool(row[1])) if row else None
+        rows = await cur.fetchall()
+    return {str(row[0]): Owner(user_id=row[1], verified=bool(row[2])) for row in rows}
 
 
 async def message_status(pool: ConnectionPool, message_sid: str) -> str | None:

@@ -7,8 +7,9 @@ Both are measured in bench/RESULTS.md ("What kept the acks' tail short"):
   them on the web process's core, or moves the web process, the acks waiting in its
   event loop wait too: at 500 webhooks/s on 2 cores that, not the web process's own
   CPU, made most of the ack tail. ``CPU_AFFINITY`` pins the process (all its threads)
-  to the given CPUs; give the web process a core of its own and everything else the
-  rest (systemd's ``CPUAffinity=`` does the same from the unit).
+  to the given CPUs: keep PostgreSQL and Redis off the web process's core (systemd's
+  ``CPUAffinity=`` does the same from the unit); niced workers paced on the acks may
+  share it.
 * **The startup heap.** A full garbage collection walks every tracked object in the
   process, and after startup most of them (modules, routes, compiled patterns, clients)
   live until exit: ~100k objects, 30-80 ms with the event loop stopped, every few

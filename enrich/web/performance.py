@@ -111,6 +111,7 @@ def _pipeline_view(state: AppState) -> dict[str, Any]:
         # with the load.
         "batching": {
             "inserts": state.ingest.inserts.stats(),
+            "ownerLookups": state.ingest.lookups.stats(),
             "rateLimitChecks": state.ingest.limiter.batcher.stats(),
         },
         "since": m.since,

@@ -22,10 +22,12 @@ from enrich.store import (
     Job,
     LeaseLost,
     NewMessage,
+    Owner,
     claim_message,
     complete_message,
     insert_message,
     insert_messages,
+    link_phone,
 )
 from tests.conftest import random_sid
 
@@ -177,4 +179,67 @@ async def test_one_refused_row_does_not_fail_its_batch(
         count = conn.execute("SELECT count(*) FROM inbound_messages WHERE message_sid = ANY(%s)",
                              ([m.message_sid for m in good],)).fetchone()
     assert count == (5,)
+    await redis.close()
+
+
+async def test_concurrent_owner_lookups_share_statements(
+    pool: ConnectionPool, database_url: str, redis_url: str
+) -> None:
+    """Phone-cache misses at once (a restart under load) go to PostgreSQL together: each
+    caller gets its own sender's owner (or None), in fewer statements than senders, and
+    the answers are cached."""
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "t", "DATABASE_URL": database_url,
+                                  "REDIS_URL": redis_url})
+    redis = RedisClient(redis_url)
+    ingest = Ingest(settings, pool, redis)
+    base = 7_000_000 + uuid.uuid4().int % 1_000_000 * 10
+    linked = {f"+1555{base + i:07d}": (uuid.uuid4(), i % 2 == 0) for i in range(12)}
+    for phone, (user, verified) in linked.items():
+        await link_phone(pool, user, phone, verified=verified)
+    strangers = [f"+1556{base + i:07d}" for i in range(4)]
+    results: dict[str, Owner | None] = {}
+
+    async def look(phone: str) -> None:
+        results[phone] = await ingest.owner(phone)
+
+    async with trio.open_nursery() as nursery:
+        for phone in [*linked, *strangers]:
+            nursery.start_soon(look, phone)
+    assert results == {
+        **{phone: Owner(user_id=user, verified=verified)
+           for phone, (user, verified) in linked.items()},
+        **dict.fromkeys(strangers),
+    }
+    stats = ingest.lookups.stats()
+    assert stats["items"] == 16 and stats["batches"] < 16 and stats["largestBatch"] > 1
+    await ingest.owner(next(iter(linked)))
+    await ingest.owner(strangers[0])
+    assert ingest.lookups.stats()["items"] == 16  # both answered from the cache
+    await redis.close()
+
+
+async def test_failed_owner_lookups_fail_each_caller_and_cache_nothing(
+    database_url: str, redis_url: str
+) -> None:
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "t", "DATABASE_URL": database_url,
+                                  "REDIS_URL": redis_url})
+    pool = ConnectionPool(database_url, min_size=0, max_size=2)
+    redis = RedisClient(redis_url)
+    ingest = Ingest(settings, pool, redis)
+    await pool.close()  # every statement now fails at once
+    errors: list[BaseException] = []
+
+    async def look(phone: str) -> None:
+        try:
+            await ingest.owner(phone)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(look, f"+1555444{i:04d}")
+    assert len(errors) == 6 and len({id(e) for e in errors}) == 6
+    assert all("pool is closed" in str(e) for e in errors)
+    assert ingest.phone_cache.stats().size == 0
     await redis.close()
