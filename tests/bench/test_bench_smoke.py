@@ -114,6 +114,22 @@ async def test_wrong_signing_url_fails_every_request_and_exits_1(
     assert "✗ At most 0 failed requests: 6 failed" in output
 
 
+def _twelve_messages(env: dict[str, str], out: Path, name: str) -> dict[str, Any]:
+    """``bench.load_test`` against a bench server: 12 messages on 3 connections, no
+    redeliveries; its JSON summary (every message answered successfully)."""
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
+         "--count", "12", "--out", str(out), "--name", name, "--no-plot"],
+        env={**env, "LOAD_TEST_WORKERS": "1", "LOAD_TEST_DUPLICATE_SHARE": "0"},
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    data: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+    data["_stdout"] = run.stdout
+    return data
+
+
 def test_ceiling_quick_mode() -> None:
     summary = measure(duration=1.0, concurrent=4, workers=1, progress=False)
     assert summary["totals"]["failed"] == 0
@@ -165,19 +181,10 @@ async def test_memory_downloads_count_failures_instead_of_hanging(tmp_path: Path
 def test_bench_server_end_to_end_with_the_load_test(tmp_path: Path) -> None:
     """bench.serve's stack: embedded servers, linked senders, fake Twilio, `enrich serve`;
     every message is accepted, processed and confirmed."""
-    import subprocess
-
     from bench.serve import BenchServer, ServeOptions
 
     with BenchServer(ServeOptions(senders=5)) as server:
-        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
-               "LOAD_TEST_DUPLICATE_SHARE": "0"}
-        run = subprocess.run(
-            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
-             "--count", "12", "--out", str(tmp_path), "--name", "stack", "--no-plot"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-        data = json.loads((tmp_path / "stack.json").read_text())
-        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        _twelve_messages({**os.environ, **server.load_env()}, tmp_path, "stack")
         wait_pipeline_idle(server.database_url, timeout=60)
         assert _statuses(server.database_url) == {"done": 12}
         sent = httpx.get(server.fake["api_url"] + "/_fake/messages").json()
@@ -190,7 +197,6 @@ def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
     """bench.serve --split: webhooks in --role web processes (``webs`` of them sharing the
     port), jobs in a niced --role worker process; the load test watches them all, the
     worker processes everything, and stopping the bench server stops every process."""
-    import subprocess
 
     import psutil
 
@@ -205,19 +211,13 @@ def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
         assert all(web.cmdline()[-1] == "web" for web in web_procs)
         assert worker.cmdline()[-1] == "worker"
         assert all(worker.nice() - web.nice() == 7 for web in web_procs)
-        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
-               "LOAD_TEST_DUPLICATE_SHARE": "0"}
+        env = {**os.environ, **server.load_env()}
         assert env["LOAD_TEST_WORKER_PID"] == str(server.worker_pid)
         assert env["LOAD_TEST_SERVER_PID"] == ",".join(str(w.pid) for w in web_procs)
-        run = subprocess.run(
-            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
-             "--count", "12", "--out", str(tmp_path), "--name", "split", "--no-plot"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-        data = json.loads((tmp_path / "split.json").read_text())
-        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        data = _twelve_messages(env, tmp_path, "split")
         assert data["server"]["worker"]["pid"] == server.worker_pid
         assert data["server"]["worker"]["rss_mb"]["max"] > 0
-        assert "Worker process (jobs" in run.stdout
+        assert "Worker process (jobs" in data["_stdout"]
         wait_pipeline_idle(server.database_url, timeout=60)
         assert _statuses(server.database_url) == {"done": 12}
         # The worker ran every job; the web processes none.
@@ -235,7 +235,6 @@ def test_bench_server_pins_the_web_process_to_a_cpu_of_its_own(tmp_path: Path) -
     """bench.serve --pin: the web process (every thread) on the last CPU; the stores and
     the load generator on the others; the niced worker anywhere; the caller's own
     affinity is left as it was."""
-    import subprocess
 
     import psutil
 
@@ -252,15 +251,9 @@ def test_bench_server_pins_the_web_process_to_a_cpu_of_its_own(tmp_path: Path) -
         assert set(psutil.Process(server.worker_pid).cpu_affinity()) == ours
         postmaster = int((server.root / "postgres" / "postmaster.pid").read_text().split()[0])
         assert set(psutil.Process(postmaster).cpu_affinity()) == layout.rest
-        env = {**os.environ, **server.load_env(), "LOAD_TEST_WORKERS": "1",
-               "LOAD_TEST_DUPLICATE_SHARE": "0"}
+        env = {**os.environ, **server.load_env()}
         assert parse_cpu_list(env["LOAD_TEST_CPU_AFFINITY"]) == layout.rest
-        run = subprocess.run(
-            [sys.executable, "-m", "bench.load_test", "--quiet", "--concurrent", "3",
-             "--count", "12", "--out", str(tmp_path), "--name", "pinned", "--no-plot"],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-        data = json.loads((tmp_path / "pinned.json").read_text())
-        assert data["totals"]["successful"] == 12, run.stdout + run.stderr
+        data = _twelve_messages(env, tmp_path, "pinned")
         assert data["config"]["cpu_affinity"] == env["LOAD_TEST_CPU_AFFINITY"]
 
 
