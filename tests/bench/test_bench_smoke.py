@@ -197,7 +197,6 @@ def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
     """bench.serve --split: webhooks in --role web processes (``webs`` of them sharing the
     port), jobs in a niced --role worker process; the load test watches them all, the
     worker processes everything, and stopping the bench server stops every process."""
-
     import psutil
 
     from bench.serve import BenchServer, ServeOptions
@@ -235,7 +234,6 @@ def test_bench_server_pins_the_web_process_to_a_cpu_of_its_own(tmp_path: Path) -
     """bench.serve --pin: the web process (every thread) on the last CPU; the stores and
     the load generator on the others; the niced worker anywhere; the caller's own
     affinity is left as it was."""
-
     import psutil
 
     from bench.serve import BenchServer, ServeOptions
