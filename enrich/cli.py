@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -65,6 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     notifier = SystemdNotifier(unset_environment=True)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
+    # --host/--port are the HOST/PORT settings for this run: the default PUBLIC_URL
+    # (signatures) and INSTANCE_ID derive from them, so they must see the same port.
+    settings = dataclasses.replace(settings, host=host, port=port)
     if settings.twilio_auth_token is None and not settings.local_mode:
         print(
             "enrich: TWILIO_AUTH_TOKEN is not set. Without it no webhook signature can be "

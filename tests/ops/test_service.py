@@ -197,3 +197,41 @@ async def test_sigterm_under_load_loses_no_acknowledged_message(
     finally:
         proc2.send_signal(signal.SIGTERM)
         proc2.wait(timeout=30)
+
+
+def test_port_option_is_the_port_signatures_and_instance_use(
+    tmp_path: Path, database_url: str, redis_url: str,
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    """`enrich serve --port P` without PUBLIC_URL checks signatures over
+    http://localhost:P (the URL Twilio is given in local testing), not the PORT default."""
+    sock, path = notify_socket
+    port = _free_port()
+    proc = _start(tmp_path, database_url, redis_url, port, path, PUBLIC_URL="")
+    try:
+        assert "READY=1" in _read_notifications(sock, "READY=1", 30)
+        url = f"http://localhost:{port}/api/sms/webhook"
+        form = build_form(account_sid=ACCOUNT, sender="+15550009999", to="+15550001111",
+                          body="hello", media=[])
+        right = compute_signature(TOKEN, url, form)
+        wrong = compute_signature(TOKEN, "http://localhost:3000/api/sms/webhook", form)
+        post = f"http://127.0.0.1:{port}/api/sms/webhook"
+        answer = httpx.post(post, data=dict(form), headers={"X-Twilio-Signature": right},
+                            timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Enrich-Outcome"] == "unknown_sender"
+        refused = httpx.post(post, data=dict(form), headers={"X-Twilio-Signature": wrong},
+                             timeout=10)
+        assert refused.status_code == 403
+        # The default INSTANCE_ID (host-port) names its PostgreSQL connections.
+        with psycopg.connect(database_url) as conn:
+            names = {r[0] for r in conn.execute(
+                "SELECT application_name FROM pg_stat_activity").fetchall()}
+        assert f"enrich:{socket.gethostname()}-{port}" in names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
