@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="web + niced worker processes (bench.serve --split)")
     parser.add_argument("--worker-nice", type=int, default=d.worker_nice, metavar="N")
     parser.add_argument("--pin", action="store_true",
-                        help="the web process alone on the last CPU (bench.serve --pin)")
+                        help="the web process on the last CPU, kept from the stores and fakes "
+                             "(bench.serve --pin)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)

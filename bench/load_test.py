@@ -49,6 +49,7 @@ from bench.common import (
     TrafficSpec,
     env_float,
     env_int,
+    pinned,
 )
 from bench.loadgen import WorkerPlan, worker_main
 from bench.monitor import ServerMonitor
@@ -178,7 +179,6 @@ def plans(cfg: LoadConfig, address: tuple[str, int], seed: int) -> list[WorkerPl
             phase=i / cfg.rate if cfg.rate else 0.0, connections=conns,
             duration=cfg.duration, max_requests=limit, timeout=cfg.timeout,
             seed=seed * 1000 + i, prebuild=min(expected, 200_000),
-            cpus=parse_cpu_list(cfg.cpu_affinity),
         ))
     return result
 
@@ -211,7 +211,16 @@ class Progress:
 
 
 def run_load(cfg: LoadConfig, *, seed: int | None = None) -> dict[str, Any]:
-    """Run the workers, watch the server, return the analysed summary (see bench.report)."""
+    """Run the workers, watch the server, return the analysed summary (see bench.report).
+
+    With ``cfg.cpu_affinity`` the whole generator (its worker processes, and this
+    thread's monitoring while they run) stays on those CPUs.
+    """
+    with pinned(parse_cpu_list(cfg.cpu_affinity) or None):
+        return _run_load(cfg, seed=seed)
+
+
+def _run_load(cfg: LoadConfig, *, seed: int | None = None) -> dict[str, Any]:
     seed = seed if seed is not None else int(time.time())
     address = resolve(cfg.traffic.url)
     worker_plans = plans(cfg, address, seed)

@@ -18,7 +18,6 @@ array for the time plot; progress goes to the parent once a second.
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from array import array
@@ -180,7 +179,6 @@ class WorkerPlan:
     timeout: float
     seed: int
     prebuild: int
-    cpus: frozenset[int] = frozenset()  # run on these CPUs (empty: wherever)
 
 
 class Recorder:
@@ -349,8 +347,6 @@ class Worker:
 def worker_main(plan: WorkerPlan, queue: Any, go: Any, start_at: Any) -> None:
     """Entry point of a worker process (multiprocessing, spawn)."""
     try:
-        if plan.cpus:
-            os.sched_setaffinity(0, plan.cpus)
         factory = RequestFactory(plan.traffic, plan.seed)
         prebuilt = [factory.build() for _ in range(plan.prebuild)]
         prebuilt.reverse()

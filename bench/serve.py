@@ -294,8 +294,8 @@ class BenchServer:
                     profile if i == 0 else None))
             self.server = self.webs[0]
             # The worker, niced and paced on the acks, may use every CPU: it fills what
-            # the web process leaves idle (pinned to the rest, processing would get one
-            # core of two: end to end 86 % of the bound instead of 97 %).
+            # the web process leaves idle (pinned to the rest, processing would share one
+            # core with the stores and fakes; end to end fell to 86 % of the bound).
             worker_pin = ({"CPU_AFFINITY": format_cpu_list(self.layout.web | self.layout.rest)}
                           if self.layout is not None else {})
             self.worker = self._spawn_enrich(
@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-processes", type=int, default=1, metavar="N",
                         help="with --split: N web processes sharing --port (WEB_REUSE_PORT)")
     parser.add_argument("--pin", action="store_true",
-                        help="the web process(es) alone on the last CPU(s); the stores, "
-                             "fakes, worker and load generator on the others")
+                        help="the web process(es) on the last CPU(s); the stores, fakes "
+                             "and load generator on the others; the worker anywhere")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="run the server under cProfile; stats written at exit")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and its logs")

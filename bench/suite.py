@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the load runs measure: split (web + niced worker, "
                              "default) or all (one process)")
     parser.add_argument("--pin", action="store_true",
-                        help="the web process (and the ceiling's server) alone on the last "
-                             "CPU; the stores, fakes, worker and generator on the others")
+                        help="the web process (and the ceiling's server) on the last CPU; "
+                             "the stores, fakes and generator on the others; the worker "
+                             "anywhere")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}

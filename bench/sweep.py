@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true",
                         help="web and (niced) worker processes, as bench.serve --split")
     parser.add_argument("--pin", action="store_true",
-                        help="the server (and the ceiling's) alone on the last CPU, the rest "
-                             "on the others (bench.serve --pin)")
+                        help="the server (and the ceiling's) on the last CPU, the stores, "
+                             "fakes and generator on the others (bench.serve --pin)")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
     if args.split and args.role != "all":

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 from functools import partial
@@ -189,6 +190,8 @@ def create_app(
         await http.aclose()
         supervisor.shutdown_cleanup()
         await services.close()
+        # Collectable again (tests start many apps in one process).
+        gc.unfreeze()
         log.info("services closed")
 
     @app.before_request

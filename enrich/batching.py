@@ -51,7 +51,8 @@ class Batcher(Generic[In, Out]):
 
     ``run_batch(items)`` returns one ``outcome`` per item, in order; an exception it
     raises is every item's answer. At most ``lanes`` batches run at once, each of at
-    most ``max_batch`` items and bounded by ``timeout`` seconds (``trio.TooSlowError``).
+    most ``max_batch`` items and bounded by ``timeout`` seconds and by its leader's own
+    deadline (``trio.TooSlowError``).
     """
 
     def __init__(
@@ -136,10 +137,15 @@ class Batcher(Generic[In, Out]):
         self.items += len(items)
         self.largest = max(self.largest, len(items))
         # Shielded: the other callers in this batch still want their answers even if
-        # the leader's own request is cancelled. The deadline keeps it bounded.
+        # the leader's own request is cancelled. The deadline keeps it bounded: at most
+        # ``timeout``, and never past the leader's own deadline (the shield hides it),
+        # so a caller that queued first and then leads still answers in time. The
+        # leader is the oldest caller in its batch; the others keep their own deadlines
+        # while they wait.
+        deadline = min(trio.current_time() + self.timeout, trio.current_effective_deadline())
         with trio.CancelScope(shield=True):
             try:
-                with trio.fail_after(self.timeout):
+                with trio.fail_at(deadline):
                     results = await self._run_batch(items)
             except Exception as exc:
                 return [outcome.Error(_own_copy(exc)) for _ in items]

@@ -88,7 +88,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # After the embedded servers started (they keep every CPU), before trio's
             # threads start (they inherit it).
             pinned = pin_process(settings.cpu_affinity)
-            log.info("pinned", extra={"cpus": format_cpu_list(pinned)})
+            if pinned != settings.cpu_affinity:
+                # A typo or a smaller cpuset than expected: run, but say so.
+                log.warning("pinned to fewer CPUs than CPU_AFFINITY names",
+                            extra={"cpus": format_cpu_list(pinned),
+                                   "asked": format_cpu_list(settings.cpu_affinity)})
+            else:
+                log.info("pinned", extra={"cpus": format_cpu_list(pinned)})
         app = create_app(settings, role=args.role, notifier=notifier)
 
         async def shutdown_trigger() -> None:

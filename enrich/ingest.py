@@ -81,8 +81,13 @@ INSERT_LANES = 2
 INSERT_DEADLINE_S = 10.0
 # Owner lookups (phone-cache misses) are batched the same way: after a restart every
 # sender misses at once, and one statement per sender would queue for the pool ahead
-# of the INSERTs. Its deadline leaves the INSERT its own within Twilio's 15 s.
+# of the INSERTs. Its deadline bounds the caller's whole wait, the batch's included
+# (see Batcher), and leaves the INSERT's 10 s within Twilio's 15 s.
 LOOKUP_DEADLINE_S = 4.0
+LOOKUP_BATCH_MAX = 64
+LOOKUP_LANES = 2
+# A busy pool must fail the lookup with PoolTimeout (which says so) before the deadline.
+LOOKUP_ACQUIRE_S = 3.0
 
 
 class Ingest:
@@ -106,7 +111,7 @@ class Ingest:
         )
         self.limiter = RateLimiter(redis, settings.rate_limit_messages_per_hour)
         self.lookups: Batcher[str, Owner | None] = Batcher(
-            self._lookup_batch, max_batch=INSERT_BATCH_MAX, lanes=INSERT_LANES,
+            self._lookup_batch, max_batch=LOOKUP_BATCH_MAX, lanes=LOOKUP_LANES,
             timeout=LOOKUP_DEADLINE_S,
         )
         # Concurrent webhooks share INSERTs (enrich.batching): one statement stores every
@@ -255,7 +260,7 @@ class Ingest:
     async def _lookup_batch(
         self, phones: Sequence[str]
     ) -> list[outcome.Outcome[Owner | None]]:
-        found = await lookup_owners(self.db, phones)
+        found = await lookup_owners(self.db, phones, timeout=LOOKUP_ACQUIRE_S)
         return [outcome.Value(found.get(phone)) for phone in phones]
 
     async def verified(self, phone: str, owner: Owner) -> bool:

@@ -64,9 +64,12 @@ class Notification:
 # --- webhook ----------------------------------------------------------------------------
 
 
-async def lookup_owners(pool: ConnectionPool, phones: Sequence[str]) -> dict[str, Owner]:
-    """The owners of those of ``phones`` that are linked, in one statement."""
-    async with pool.connection() as conn:
+async def lookup_owners(
+    pool: ConnectionPool, phones: Sequence[str], *, timeout: float | None = None
+) -> dict[str, Owner]:
+    """The owners of those of ``phones`` that are linked, in one statement (``timeout``:
+    the wait for a pool connection, default DATABASE_ACQUIRE_TIMEOUT_MS)."""
+    async with pool.connection(timeout=timeout) as conn:
         cur = await conn.execute(
             "SELECT phone_number, user_id, verified FROM user_phone_numbers"
             " WHERE phone_number = ANY(%s)",

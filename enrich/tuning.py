@@ -38,13 +38,13 @@ def parse_cpu_list(raw: str) -> frozenset[int]:
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
-        first, dash, last = part.partition("-")
-        try:
-            lo = int(first)
-            hi = int(last) if dash else lo
-        except ValueError:
-            raise ValueError("a CPU list such as 0 or 1-3 or 0,2 (or unset)") from None
-        if lo < 0 or hi < lo or hi > 4095:
+        first, dash, last = (p.strip() for p in part.partition("-"))
+        # Digits only: int() would also take "+1" and "1_0".
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError("a CPU list such as 0 or 1-3 or 0,2 (or unset)")
+        lo = int(first)
+        hi = int(last) if dash else lo
+        if hi < lo or hi > 4095:
             raise ValueError("a CPU list such as 0 or 1-3 or 0,2 (or unset)")
         cpus.update(range(lo, hi + 1))
     return frozenset(cpus)
@@ -74,6 +74,8 @@ def pin_process(cpus: frozenset[int]) -> frozenset[int]:
     hide the mistake. Child processes started later inherit the affinity too, so start
     the ones that must not share it (embedded servers) first.
     """
+    if not hasattr(os, "sched_setaffinity"):
+        raise AffinityError("CPU_AFFINITY needs Linux (sched_setaffinity); unset it here")
     try:
         os.sched_setaffinity(0, cpus)
     except OSError as exc:  # EINVAL: no CPU of the set exists or is allowed

@@ -150,6 +150,33 @@ async def test_a_hung_batch_times_out_for_everyone(autojump_clock: trio.abc.Cloc
     assert failures == [3, 6, 6]
 
 
+async def test_a_caller_that_queued_then_leads_keeps_its_own_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The shield around a batch must not stretch its leader's deadline: a caller that
+    waited 3.95 s of its 4 s in the queue and then leads gives up at 4 s, not 7.95 s."""
+    recorder = Recorder(delay=3.95)
+    batcher: Batcher[int, int] = Batcher(recorder, lanes=1, timeout=4)
+    ended: dict[int, tuple[float, str]] = {}
+
+    async def call(i: int) -> None:
+        try:
+            with trio.fail_after(4):
+                await batcher.submit(i)
+            ended[i] = (trio.current_time(), "answered")
+        except trio.TooSlowError:
+            ended[i] = (trio.current_time(), "too slow")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(call, i)
+            await trio.testing.wait_all_tasks_blocked()
+    assert recorder.batches == [[0], [1, 2]]
+    assert ended[0] == (pytest.approx(3.95), "answered")
+    assert ended[1] == (pytest.approx(4.0), "too slow")
+    assert ended[2] == (pytest.approx(4.0), "too slow")
+
+
 async def test_leader_cancelled_mid_batch_still_answers_the_others() -> None:
     run = Recorder(delay=0)
     run.gate = trio.Event()
