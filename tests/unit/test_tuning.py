@@ -102,3 +102,11 @@ def test_freezing_exempts_startup_objects_from_collections() -> None:
         assert len(gc.get_objects()) < frozen
     finally:
         gc.unfreeze()
+
+
+def test_pinning_keeps_only_the_cpus_that_exist(restore_affinity: set[int]) -> None:
+    """A list naming a CPU the machine lacks pins to the others; the caller compares and
+    warns (enrich serve logs "pinned to fewer CPUs than CPU_AFFINITY names")."""
+    first = min(restore_affinity)
+    assert pin_process(frozenset({first, 4000})) == {first}
+    assert os.sched_getaffinity(0) == {first}
