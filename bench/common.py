@@ -309,11 +309,6 @@ class CpuLayout:
                              f"use {len(cpus)}")
         return cls(web=frozenset(cpus[-web_cpus:]), rest=frozenset(cpus[:-web_cpus]))
 
-    def describe(self) -> str:
-        from enrich.tuning import format_cpu_list
-
-        return f"web on CPU {format_cpu_list(self.web)}, the rest on {format_cpu_list(self.rest)}"
-
 
 @contextlib.contextmanager
 def pinned(cpus: frozenset[int] | None) -> Iterator[None]:

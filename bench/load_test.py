@@ -216,7 +216,7 @@ def run_load(cfg: LoadConfig, *, seed: int | None = None) -> dict[str, Any]:
     With ``cfg.cpu_affinity`` the whole generator (its worker processes, and this
     thread's monitoring while they run) stays on those CPUs.
     """
-    with pinned(parse_cpu_list(cfg.cpu_affinity) or None):
+    with pinned(parse_cpu_list(cfg.cpu_affinity)):
         return _run_load(cfg, seed=seed)
 
 

@@ -153,8 +153,6 @@ class ServeOptions:
         return CpuLayout.dedicated(self.web_processes if self.split else 1) if self.pin else None
 
 
-
-
 class BenchServer:
     def __init__(self, options: ServeOptions | None = None) -> None:
         self.options = options or ServeOptions()

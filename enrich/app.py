@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 from functools import partial
@@ -41,7 +40,7 @@ from enrich.sdnotify import SystemdNotifier
 from enrich.services import Services
 from enrich.state import EXTENSION_KEY, AppState, get_state
 from enrich.supervisor import Supervisor
-from enrich.tuning import freeze_startup_heap
+from enrich.tuning import freeze_startup_heap, thaw_startup_heap
 from enrich.twilio_rest import TwilioSender
 from enrich.web import health, performance, phone_api, webhook
 
@@ -190,8 +189,7 @@ def create_app(
         await http.aclose()
         supervisor.shutdown_cleanup()
         await services.close()
-        # Collectable again (tests start many apps in one process).
-        gc.unfreeze()
+        thaw_startup_heap()
         log.info("services closed")
 
     @app.before_request

@@ -107,3 +107,9 @@ def freeze_startup_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def thaw_startup_heap() -> None:
+    """Undo ``freeze_startup_heap`` at shutdown: the objects are collectable again (tests
+    start and stop many apps in one process)."""
+    gc.unfreeze()

@@ -69,13 +69,12 @@ CLAIM_BATCH = 64
 #: Least time between two polls, however often the poller is poked.
 POLL_MIN_GAP_S = 0.015
 
+#: While pacing has paused processing, one job may still start this often.
+PAUSE_TRICKLE_S = 1.0
+
 FAILURE_TEXT = (
     "Sorry, we couldn't process your message. Please try sending it again later."
 )
-
-
-#: While pacing has paused processing, one job may still start this often.
-PAUSE_TRICKLE_S = 1.0
 
 #: How long the lag probe asks to sleep; the overshoot is the loop's lag.
 LAG_PROBE_S = 0.01

@@ -10,8 +10,6 @@ import httpx
 import trio
 
 from enrich.app import create_app, get_state
-from enrich.config import Settings
-from enrich.db.pool import ConnectionPool
 from enrich.extraction import Extraction, default_extractor
 from enrich.metrics import Metrics
 from enrich.pipeline.errors import PermanentError, RecoverableError
@@ -21,13 +19,10 @@ from enrich.store import Job
 from enrich.testing.fake_twilio import FakeTwilio
 from tests.conftest import make_settings
 from tests.webhook.helpers import (
-    OUTCOME,
     SENDER,
     Apps,
-    Running,
-    message_form,
     query,
-    sid_of,
+    runner_pool,
     wait_for_sent,
     wait_for_status,
     wait_until,
@@ -54,18 +49,6 @@ class ScriptedExtractor:
         if self.failures:
             raise self.failures.pop(0)
         return default_extractor().extract(text)
-
-
-def _db(app: Running) -> str:
-    assert app.settings.database_url
-    return app.settings.database_url
-
-
-async def _post_new(app: Running, http: httpx.AsyncClient, body: str = BODY) -> str:
-    form = message_form(body)
-    r = await app.post(http, form)
-    assert r.status_code == 200 and r.headers[OUTCOME] == "accepted", r.text
-    return sid_of(form)
 
 
 async def _row(db: str, sid: str) -> tuple[str, int, str | None, str | None]:
@@ -102,8 +85,8 @@ async def test_recoverable_failures_back_off_exponentially_then_succeed(
                                                   RECOVERY_INTERVAL_SECONDS="0.1"),
                            extractor=extractor)
     await app.link()
-    db = _db(app)
-    sid = await _post_new(app, http)
+    db = app.database_url
+    sid = await app.post_new(http, BODY)
 
     for attempt, reason, delay_s in ((1, "speech timed out", 60.0),
                                      (2, "speech timed out again", 120.0)):
@@ -140,11 +123,11 @@ async def test_unexpected_errors_are_retried_with_a_small_base(
                                                   RECOVERY_INTERVAL_SECONDS="0.1"),
                            extractor=extractor)
     await app.link()
-    sid = await _post_new(app, http)
-    await wait_for_status(_db(app), [sid], "done")
-    assert (await _row(_db(app), sid))[:3] == ("done", 3, None)
+    sid = await app.post_new(http, BODY)
+    await wait_for_status(app.database_url, [sid], "done")
+    assert (await _row(app.database_url, sid))[:3] == ("done", 3, None)
     assert extractor.calls == 3
-    assert len(await _items(_db(app), sid)) == 3
+    assert len(await _items(app.database_url, sid)) == 3
     assert app.state.metrics.jobs["retried"] == 2 and app.state.metrics.jobs["done"] == 1
     await wait_for_sent(fake_twilio, 1)
     assert [m.body for m in fake_twilio.sent_messages] == [REPLY]
@@ -158,12 +141,12 @@ async def test_permanent_failure_fails_at_once_and_tells_the_sender(
                                                          user_message=text))
     app = await apps.start(extractor=extractor)
     await app.link()
-    sid = await _post_new(app, http)
-    await wait_for_status(_db(app), [sid], "failed")
-    assert await _row(_db(app), sid) == ("failed", 1, "unsupported media type", None)
+    sid = await app.post_new(http, BODY)
+    await wait_for_status(app.database_url, [sid], "failed")
+    assert await _row(app.database_url, sid) == ("failed", 1, "unsupported media type", None)
     assert extractor.calls == 1
-    assert await _items(_db(app), sid) == []
-    assert await _notes(_db(app), sid) == [("failure", text)]
+    assert await _items(app.database_url, sid) == []
+    assert await _notes(app.database_url, sid) == [("failure", text)]
     await wait_for_sent(fake_twilio, 1)
     assert [(m.to, m.body) for m in fake_twilio.sent_messages] == [(SENDER, text)]
 
@@ -176,11 +159,11 @@ async def test_attempts_exhausted_fail_the_message(
                                                   RECOVERY_INTERVAL_SECONDS="0.1"),
                            extractor=extractor)
     await app.link()
-    sid = await _post_new(app, http)
-    await wait_for_status(_db(app), [sid], "failed")
-    assert await _row(_db(app), sid) == ("failed", 2, "upstream answered 503", None)
+    sid = await app.post_new(http, BODY)
+    await wait_for_status(app.database_url, [sid], "failed")
+    assert await _row(app.database_url, sid) == ("failed", 2, "upstream answered 503", None)
     assert extractor.calls == 2
-    assert await _notes(_db(app), sid) == [("failure", FAILURE_TEXT)]
+    assert await _notes(app.database_url, sid) == [("failure", FAILURE_TEXT)]
     await wait_for_sent(fake_twilio, 1)
     assert [m.body for m in fake_twilio.sent_messages] == [FAILURE_TEXT]
 
@@ -208,8 +191,8 @@ async def test_app_stopped_mid_job_hands_the_message_back_and_a_new_one_finishes
     first = await apps.start(settings=apps.settings(SHUTDOWN_GRACE_SECONDS="0.3"),
                              processor=Processor(before_store=blocker))
     await first.link()
-    db = _db(first)
-    sid = await _post_new(first, http)
+    db = first.database_url
+    sid = await first.post_new(http, BODY)
     with trio.fail_after(20):
         await blocker.entered.wait()
     assert first.state.runner is not None
@@ -231,20 +214,15 @@ async def test_app_stopped_mid_job_hands_the_message_back_and_a_new_one_finishes
     assert second.state.metrics.jobs["done"] == 1
 
 
-async def _runner_pool(settings: Settings) -> ConnectionPool:
-    assert settings.database_url
-    return ConnectionPool(settings.database_url, min_size=0, max_size=4)
-
-
 async def test_cancelled_runner_releases_its_job_to_a_fresh_runner(
     apps: Apps, http: httpx.AsyncClient
 ) -> None:
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
-    sid = await _post_new(web, http)
+    db = web.database_url
+    sid = await web.post_new(http, BODY)
     settings = apps.settings(RECOVERY_INTERVAL_SECONDS="0.1")
-    pool = await _runner_pool(settings)
+    pool = runner_pool(settings)
     try:
         blocker = Blocker()
         doomed = JobRunner(settings, pool, Processor(before_store=blocker), Metrics())
@@ -274,8 +252,8 @@ async def test_recovery_takes_over_expired_leases_only(
 ) -> None:
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
-    expired, alive, looping = [await _post_new(web, http) for _ in range(3)]
+    db = web.database_url
+    expired, alive, looping = [await web.post_new(http, BODY) for _ in range(3)]
     # A worker crashed holding `expired` (1 attempt) and `looping` (its 3rd attempt);
     # another worker is alive and well, holding `alive`.
     lease = ("UPDATE inbound_messages SET status = 'processing', attempts = %s,"
@@ -322,12 +300,12 @@ async def test_two_workers_share_50_messages_exactly_once(
     sids: list[str] = []
 
     async def post() -> None:
-        sids.append(await _post_new(web, http))
+        sids.append(await web.post_new(http, BODY))
 
     async with trio.open_nursery() as nursery:
         for _ in range(50):
             nursery.start_soon(post)
-    db = _db(web)
+    db = web.database_url
     await wait_for_status(db, sids, "done", timeout=60)
 
     assert len(seen) == 50 and Counter(sid for _, sid in seen) == Counter(sids)
@@ -351,10 +329,10 @@ async def test_backlog_is_claimed_in_batches_not_one_round_trip_each(
 ) -> None:
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
-    sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(40)]
+    db = web.database_url
+    sids = [await web.post_new(http, f"Met Person{i} in Boston") for i in range(40)]
     settings = apps.settings(PROCESSING_CONCURRENCY="16", RECOVERY_INTERVAL_SECONDS="0.1")
-    pool = await _runner_pool(settings)
+    pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics())
         async with trio.open_nursery() as nursery:
@@ -381,7 +359,7 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
 ) -> None:
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
+    db = web.database_url
     settings = apps.settings(PROCESSING_CONCURRENCY="8", PROCESSING_TARGET_LAG_MS="5",
                              RECOVERY_INTERVAL_SECONDS="0.1")
     send, receive = trio.open_memory_channel[float](0)
@@ -389,7 +367,7 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
     async def probe() -> float:
         return await receive.receive()  # the test decides what the loop's lag is
 
-    pool = await _runner_pool(settings)
+    pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics(), lag_probe=probe)
         assert runner.limiter.total_tokens == 8
@@ -399,7 +377,7 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
                 await send.send(0.050)  # webhooks alone keep the loop late
             await send.send(0.050)
             assert runner.pacing.limit == 0 and runner.limiter.total_tokens == 1
-            sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(5)]
+            sids = [await web.post_new(http, f"Met Person{i} in Boston") for i in range(5)]
             await trio.sleep(0.5)  # the poller hands them over; the paused runner waits
             assert {(await _row(db, sid))[0] for sid in sids} == {"received"}
             # The loop is on time again: processing resumes and catches up.
@@ -443,7 +421,7 @@ async def test_a_failing_probe_and_a_restart_do_not_stop_the_runner(
 
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
+    db = web.database_url
     settings = apps.settings(PROCESSING_TARGET_LAG_MS="5", RECOVERY_INTERVAL_SECONDS="0.1")
     calls = 0
 
@@ -455,19 +433,19 @@ async def test_a_failing_probe_and_a_restart_do_not_stop_the_runner(
             raise RespError("LOADING Redis is loading the dataset in memory")
         return 0.0
 
-    pool = await _runner_pool(settings)
+    pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics(), lag_probe=probe)
         with trio.CancelScope() as first_run:  # as if the task died and was cancelled
             async with trio.open_nursery() as nursery:
                 await nursery.start(runner.run)
-                sid = await _post_new(web, http, "Met Ana Lee in Boston")
+                sid = await web.post_new(http, "Met Ana Lee in Boston")
                 await wait_for_status(db, [sid], "done")
                 assert calls > 1  # the probe went on after its error
                 first_run.cancel()
         async with trio.open_nursery() as nursery:  # keep_running starts it again
             await nursery.start(runner.run)
-            sid = await _post_new(web, http, "Met Bo Chen in Austin")
+            sid = await web.post_new(http, "Met Bo Chen in Austin")
             await wait_for_status(db, [sid], "done")
             runner.notify(10**9)  # a hint for a row that does not exist: ignored
             nursery.cancel_scope.cancel()

@@ -15,18 +15,15 @@ import pytest
 import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from enrich.db.pool import ConnectionPool
 from enrich.metrics import Metrics
 from enrich.pipeline.process import Processor
 from enrich.pipeline.runner import POLL_MIN_GAP_S, JobRunner
 from enrich.pipeline.wakeup import listen
 from tests.webhook.helpers import (
-    OUTCOME,
     Apps,
     Running,
-    message_form,
     query,
-    sid_of,
+    runner_pool,
     wait_for_status,
     wait_until,
 )
@@ -36,18 +33,6 @@ PROMPTLY_S = 10.0  # a hang guard, far below the 300 s poll: not a speed asserti
 
 _LISTENERS = ("SELECT pid FROM pg_stat_activity"
               " WHERE datname = current_database() AND application_name LIKE %s")
-
-
-def _db(app: Running) -> str:
-    assert app.settings.database_url
-    return app.settings.database_url
-
-
-async def _post_new(app: Running, http: httpx.AsyncClient, body: str = "Met Ana Lee") -> str:
-    form = message_form(body)
-    r = await app.post(http, form)
-    assert r.status_code == 200 and r.headers[OUTCOME] == "accepted", r.text
-    return sid_of(form)
 
 
 async def _listener_pids(db: str, name: str = "%:wakeup") -> list[int]:
@@ -61,7 +46,7 @@ async def _worker_and_web(apps: Apps) -> tuple[Running, Running, str, JobRunner]
     await web.link()
     runner = worker.state.runner
     assert runner is not None and web.state.runner is None
-    return worker, web, _db(web), runner
+    return worker, web, web.database_url, runner
 
 
 async def _polled(runner: JobRunner, times: int) -> None:
@@ -83,7 +68,7 @@ async def test_worker_processes_messages_stored_by_another_process_at_once(
     sids: list[str] = []
 
     async def post(i: int) -> None:
-        sids.append(await _post_new(web, http, f"Met Person{i} in Boston"))
+        sids.append(await web.post_new(http, f"Met Person{i} in Boston"))
 
     async with trio.open_nursery() as nursery:  # batched INSERTs: one NOTIFY a statement
         for i in range(10):
@@ -134,7 +119,7 @@ async def test_listener_reconnects_after_its_backend_is_terminated(
 
     # Whatever was stored while it was away notified no one: the reconnect polls once.
     await _polled(runner, polls + 1)
-    sid = await _post_new(web, http)
+    sid = await web.post_new(http, "Met Ana Lee")
     await wait_for_status(db, [sid], "done", timeout=PROMPTLY_S)
 
 
@@ -271,11 +256,10 @@ async def test_a_full_queue_is_refilled_when_it_drains_not_at_the_next_poll(
 ) -> None:
     web = await apps.start(role="web")
     await web.link()
-    db = _db(web)
-    sids = [await _post_new(web, http, f"Met Person{i} in Boston") for i in range(20)]
+    db = web.database_url
+    sids = [await web.post_new(http, f"Met Person{i} in Boston") for i in range(20)]
     settings = apps.settings(JOB_QUEUE_SIZE="4", PROCESSING_CONCURRENCY="2", **SLOW_POLL)
-    assert settings.database_url
-    pool = ConnectionPool(settings.database_url, min_size=0, max_size=4)
+    pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics())  # no listener at all
         async with trio.open_nursery() as nursery:
@@ -291,8 +275,7 @@ async def test_a_full_queue_is_refilled_when_it_drains_not_at_the_next_poll(
 
 async def test_a_flood_of_pokes_is_not_a_hot_loop(apps: Apps) -> None:
     settings = apps.settings(**SLOW_POLL)
-    assert settings.database_url
-    pool = ConnectionPool(settings.database_url, min_size=0, max_size=4)
+    pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics())
         async with trio.open_nursery() as nursery:

@@ -27,6 +27,7 @@ from twilio.request_validator import RequestValidator
 from enrich.app import create_app
 from enrich.cli_tools import build_form
 from enrich.config import Settings
+from enrich.db.pool import ConnectionPool
 from enrich.server import serve_app
 from enrich.state import AppState, get_state
 from enrich.store import link_phone
@@ -117,6 +118,18 @@ class Running:
         user = uuid.uuid4()
         await link_phone(self.state.services.db, user, phone, verified=verified)
         return user
+
+    @property
+    def database_url(self) -> str:
+        assert self.settings.database_url
+        return self.settings.database_url
+
+    async def post_new(self, client: httpx.AsyncClient, body: str) -> str:
+        """POST a new message from the linked sender; it must be accepted. Its SID."""
+        form = message_form(body)
+        r = await self.post(client, form)
+        assert r.status_code == 200 and r.headers[OUTCOME] == "accepted", r.text
+        return sid_of(form)
 
     async def post(
         self, client: httpx.AsyncClient, pairs: Sequence[tuple[str, str]], *,
@@ -251,3 +264,9 @@ def reason_of(response: httpx.Response) -> str:
     assert payload["success"] is False
     assert isinstance(payload["reason"], str) and payload["reason"], payload
     return str(payload["reason"])
+
+
+def runner_pool(settings: Settings) -> ConnectionPool:
+    """A pool of its own for a JobRunner started by hand, next to the apps."""
+    assert settings.database_url
+    return ConnectionPool(settings.database_url, min_size=0, max_size=4)
