@@ -441,7 +441,11 @@ async def test_a_failing_probe_and_a_restart_do_not_stop_the_runner(
                 await nursery.start(runner.run)
                 sid = await web.post_new(http, "Met Ana Lee in Boston")
                 await wait_for_status(db, [sid], "done")
-                assert calls > 1  # the probe went on after its error
+                # The probe goes on after its error (the job may finish before the
+                # retry, so wait for it rather than assume the order).
+                with trio.fail_after(5):
+                    while calls < 2:
+                        await trio.sleep(0.01)
                 first_run.cancel()
         async with trio.open_nursery() as nursery:  # keep_running starts it again
             await nursery.start(runner.run)
