@@ -332,6 +332,21 @@ class Settings:
         "300000",
         "Verification status cache lifetime, ms.",
     )
+    # The seed's sizes are the defaults. Size a cache to the senders active within its
+    # lifetime: past that, LRU evicts senders who come back (and a miss of the phone
+    # cache costs a PostgreSQL lookup).
+    cache_phone_lookup_size: int = _var(
+        "CACHE_PHONE_LOOKUP_SIZE",
+        _int_range(1, 10_000_000),
+        "1000",
+        "Phone -> user cache entries (LRU).",
+    )
+    cache_verification_size: int = _var(
+        "CACHE_VERIFICATION_SIZE",
+        _int_range(1, 10_000_000),
+        "500",
+        "Verification status cache entries (LRU).",
+    )
     unknown_sender_reply_interval: int = _var(
         "UNKNOWN_SENDER_REPLY_INTERVAL",
         _int_range(0, 30 * 86_400),

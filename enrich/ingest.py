@@ -104,10 +104,12 @@ class Ingest:
         self.redis = redis
         self.on_accepted = on_accepted
         self.phone_cache: AsyncTTLCache[str, Owner | None] = AsyncTTLCache(
-            "phoneNumber", maxsize=1000, ttl=settings.cache_phone_lookup_ttl / 1000
+            "phoneNumber", maxsize=settings.cache_phone_lookup_size,
+            ttl=settings.cache_phone_lookup_ttl / 1000,
         )
         self.verification_cache: AsyncTTLCache[str, bool] = AsyncTTLCache(
-            "verification", maxsize=500, ttl=settings.cache_verification_ttl / 1000
+            "verification", maxsize=settings.cache_verification_size,
+            ttl=settings.cache_verification_ttl / 1000,
         )
         self.limiter = RateLimiter(redis, settings.rate_limit_messages_per_hour)
         self.lookups: Batcher[str, Owner | None] = Batcher(

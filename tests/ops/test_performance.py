@@ -113,6 +113,26 @@ async def test_shapes_of_stats_cache_database_connections(
     stop.set()
 
 
+async def test_cache_sizes_come_from_the_environment(
+    tmp_path: Path, database_url: str, redis_url: str, nursery: trio.Nursery
+) -> None:
+    """CACHE_*_SIZE bound the LRU caches: reported as max, and a fuller cache evicts."""
+    settings = make_settings(tmp_path, DATABASE_URL=database_url, REDIS_URL=redis_url,
+                             ADMIN_TOKEN=ADMIN, CACHE_PHONE_LOOKUP_SIZE="2",
+                             CACHE_VERIFICATION_SIZE="1")
+    app, url, stop = await _serve(settings, nursery)
+    state = get_state(app)
+    for phone in ("+15550001001", "+15550001002", "+15550001003"):
+        await state.ingest.owner(phone)
+    await state.ingest.owner("+15550001001")  # evicted by the third: a miss again
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as c:
+        cache = (await c.get("/api/sms/performance/cache")).json()["data"]
+    phone = cache["phoneNumberCache"]
+    assert (phone["max"], phone["size"], phone["hits"], phone["misses"]) == (2, 2, 0, 4)
+    assert cache["verificationCache"]["max"] == 1
+    stop.set()
+
+
 async def test_health_degrades_with_reasons_when_redis_is_down(
     admin_settings: Settings, nursery: trio.Nursery
 ) -> None:
