@@ -46,15 +46,11 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 def _signed_params(params: Sequence[tuple[str, str]]) -> bytes:
     """What Twilio appends to the URL before HMAC: the sorted name+value pairs."""
-    values_by_name: dict[str, set[str]] = {}
-    for name, value in params:
-        values_by_name.setdefault(name, set()).add(value)
-    parts: list[str] = []
-    for name in sorted(values_by_name):
-        parts.extend(name + value for value in sorted(values_by_name[name]))
+    # Sorting the (name, value) pairs orders by name, then by value; the set drops a
+    # repeated pair. That is the library's per-name sorted(set(values)), in one sort.
     # Lone surrogates raise UnicodeEncodeError (a ValueError) here, as they do in
     # the reference library: no real Twilio request can contain them.
-    return "".join(parts).encode("utf-8")
+    return "".join([name + value for name, value in sorted(set(params))]).encode("utf-8")
 
 
 def _digest_b64(auth_token: str, url: str, signed_params: bytes) -> str:
@@ -127,19 +123,29 @@ def verify_signature(
 
     Never raises: missing, empty, non-ASCII, wrong-length, non-base64 or huge
     signatures, an empty token and unencodable data all simply return False.
-    Every URL variant is checked (no early exit), each with
-    :func:`hmac.compare_digest`, so timing does not depend on where a guess
-    first differs.
+    A match of the URL as given returns at once; otherwise every port variant is
+    checked (no early exit), each with :func:`hmac.compare_digest`, so a rejection's
+    timing does not depend on where a guess first differs.
     """
     if not isinstance(signature, str) or not auth_token or not _looks_like_signature(signature):
         return False
     given = signature.encode("ascii")
-    matched = False
     try:
         signed_params = _signed_params(params)  # the same for every URL variant
-        for candidate in url_variants(url):
+
+        def matches(candidate: str) -> bool:
             expected = _digest_b64(auth_token, candidate, signed_params).encode("ascii")
-            matched |= hmac.compare_digest(expected, given)
+            return hmac.compare_digest(expected, given)
+
+        # The URL as given is what Twilio signs in the normal case: a match there is
+        # final (a success is visible to the sender anyway, so returning early tells
+        # nothing). On a mismatch every port variant is checked, none skipped, so a
+        # rejection takes the same time wherever a guess differs.
+        if matches(url):
+            return True
+        matched = False
+        for candidate in url_variants(url)[1:]:
+            matched |= matches(candidate)
     except (UnicodeError, TypeError):
         return False
     return matched
