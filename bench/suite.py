@@ -6,8 +6,9 @@
 Runs, in order, each load run against a fresh server (bench.serve): the framework
 ceiling (closed model, 100 connections), the open model at 500/s, the seed's closed
 model at 100 connections (as a fraction of that ceiling), the ceiling again, the rate
-sweep (bench.sweep) of the deployment and of a ``--role web`` server (no job runner
-anywhere), a short rate-limit check (limit 20/hour, few senders), the memory benches,
+sweep (bench.sweep; the deployment's sweep measures a 10 s ceiling beside every step,
+so its best rate is also judged at the host's speed of that moment) and the sweep of a
+``--role web`` server (no job runner anywhere), a short rate-limit check (limit 20/hour, few senders), the memory benches,
 the insert comparison and the end-to-end pipeline bench. Everything goes to
 ``bench/out/suite-<time>/``: each run's JSON and PNG, ``summary.json`` and
 ``summary.md`` (the goals table). ``--quick`` shortens every run (a dry run of the
@@ -32,6 +33,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +128,17 @@ def goals_table(r: dict[str, Any]) -> str:
     if "sweep" in r:
         s = r["sweep"]
         frac = s.get("fraction_of_ceiling")
+        text = (f"{s.get('best_rate') or 0:.0f}/s of {ceiling or 0:.0f}/s = {(frac or 0):.1%}"
+                + _retries(s))
+        beside = s.get("fraction_of_beside_ceiling")
+        if beside is not None:
+            # Judged at the host's speed of the moment: the best step against the ceiling
+            # measured just before it (the session's best ceiling may be minutes away).
+            text += (f"; of the ceiling measured beside that step "
+                     f"({s['beside_ceiling_rps']:.0f}/s): {beside:.1%}")
+            frac = beside
         rows.append(("highest rate with ack p99 <= 100 ms, vs ceiling" + how, ">= 50 %",
-                     f"{s.get('best_rate') or 0:.0f}/s of {ceiling or 0:.0f}/s = "
-                     f"{(frac or 0):.1%}" + _retries(s), bool(frac and frac >= 0.5)))
+                     text, bool(frac and frac >= 0.5)))
     if "sweepweb" in r:
         s = r["sweepweb"]
         frac = s.get("fraction_of_ceiling")
@@ -262,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         return load_run(out, "closed-c100", base, concurrent=100, duration=60 * q,
                         targets=targets)
 
-    def sweep(options: ServeOptions) -> dict[str, Any]:
+    def sweep(options: ServeOptions, beside: bool = False) -> dict[str, Any]:
+        from bench.sweep import ceiling_now
         from bench.sweep import sweep as run_sweep
 
         rates = [100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 600.0, 800.0, 1000.0]
-        s = run_sweep(options, rates, seconds=20 * q, p99_ms=100.0)
+        s = run_sweep(options, rates, seconds=20 * q, p99_ms=100.0,
+                      ceiling=partial(ceiling_now, 10 * q, options) if beside else None)
         s["role"] = options.role
         s["deployment"] = options.deployment
         ceiling_rps = best_ceiling(results)
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "open500": lambda: load_run(out, "open-500", base, rate=500.0, duration=60 * q),
         "closed100": closed100,
         "ceiling2": lambda: ceiling("ceiling2"),
-        "sweep": lambda: sweep(base),
+        "sweep": lambda: sweep(base, beside=True),
         "sweepweb": lambda: sweep(replace(base, split=False, role="web")),
         "sweepall": lambda: sweep(replace(base, split=False, role="all")),
         "ratelimit": lambda: load_run(

@@ -268,3 +268,29 @@ def test_sweep_confirms_a_miss_before_it_counts() -> None:
     assert not row["ok"] and row["retried"]["p99_ms"] == 900.0
     calls = iter([{"rate": 100.0, "ok": True}])
     assert confirmed(lambda: next(calls)) == {"rate": 100.0, "ok": True}  # no second run
+
+
+def test_sweep_judges_the_best_rate_against_the_ceiling_measured_beside_it() -> None:
+    from bench.suite import goals_table
+    from bench.sweep import beside_ceiling
+
+    rows = [{"rate": 500.0, "ok": True, "ceiling_rps": 1000.0},
+            {"rate": 600.0, "ok": False, "ceiling_rps": 1300.0},
+            {"rate": 550.0, "ok": True, "ceiling_rps": 1050.0}]
+    assert beside_ceiling(rows, 550.0) == {
+        "beside_ceiling_rps": 1050.0, "fraction_of_beside_ceiling": 0.5238,
+        "ceilings_rps": [1000.0, 1300.0, 1050.0]}
+    assert beside_ceiling(rows, None) == {}
+    assert beside_ceiling([{"rate": 550.0, "ok": True}], 550.0) == {}  # none measured
+
+    def line(sweep: dict[str, object]) -> str:
+        table = goals_table({"deployment": "split", "sweep": sweep})
+        return next(row for row in table.splitlines() if "highest rate" in row)
+
+    # 550/s is 48 % of a ceiling measured ten minutes earlier on a faster host, 52 % of
+    # the one measured beside it: the verdict follows the latter, both are shown.
+    sweep = {"best_rate": 550.0, "fraction_of_ceiling": 0.48, **beside_ceiling(rows, 550.0)}
+    assert "✓" in line(sweep) and "48.0%" in line(sweep) and "52.4%" in line(sweep)
+    assert "✗" in line({"best_rate": 550.0, "fraction_of_ceiling": 0.48})
+    slower = {**sweep, "fraction_of_ceiling": 0.55, "fraction_of_beside_ceiling": 0.45}
+    assert "✗" in line(slower)
