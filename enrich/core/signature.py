@@ -50,7 +50,8 @@ def _signed_params(params: Sequence[tuple[str, str]]) -> bytes:
     # repeated pair. That is the library's per-name sorted(set(values)), in one sort.
     # Lone surrogates raise UnicodeEncodeError (a ValueError) here, as they do in
     # the reference library: no real Twilio request can contain them.
-    return "".join([name + value for name, value in sorted(set(params))]).encode("utf-8")
+    pairs = {(name, value) for name, value in params}  # any two-item pairs, not only tuples
+    return "".join([name + value for name, value in sorted(pairs)]).encode("utf-8")
 
 
 def _digest_b64(auth_token: str, url: str, signed_params: bytes) -> str:
