@@ -123,6 +123,26 @@ ON CONFLICT (message_sid) DO NOTHING
 RETURNING id, message_sid
 """
 
+# One row, as scalars: the same statement for the common case (a quiet hour, or a load
+# light enough that no one queued behind the previous INSERT). Ten one-element arrays
+# cost psycopg more to adapt than the row itself: 170-180 µs of the loop's CPU per call
+# against 235-255 µs through unnest, measured one call at a time.
+_INSERT_MESSAGE = """
+INSERT INTO inbound_messages
+    (message_sid, account_sid, user_id, from_number, to_number, body,
+     num_media, media, status, last_error, completed_at)
+VALUES (%s, %s, %s::uuid, %s, %s, %s, %s::int, %s::jsonb, %s, %s,
+        CASE WHEN %s = 'rejected' THEN now() END)
+ON CONFLICT (message_sid) DO NOTHING
+RETURNING id, message_sid
+"""
+
+
+def _row_values(row: NewMessage) -> tuple[Any, ...]:
+    m = row.msg
+    return (m.message_sid, m.account_sid, row.user_id, row.from_e164, m.to_number, m.body,
+            m.num_media, _media_json(m), row.status, row.last_error)
+
 
 async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> list[int | None]:
     """Store messages durably in one statement (one transaction).
@@ -132,19 +152,20 @@ async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> l
     """
     if not rows:
         return []
-    columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
-    # In SID order: two batches holding the same SIDs (an original and Twilio's retry,
-    # in two lanes or two processes) then wait for each other in one order, never
-    # deadlock. Answers are matched by SID, so the order callers see does not change.
-    for row in sorted(rows, key=lambda r: r.msg.message_sid):
-        m = row.msg
-        for column, value in zip(columns, (
-            m.message_sid, m.account_sid, row.user_id, row.from_e164, m.to_number, m.body,
-            m.num_media, _media_json(m), row.status, row.last_error,
-        ), strict=True):
-            column.append(value)
+    if len(rows) == 1:
+        values = _row_values(rows[0])
+        query, params = _INSERT_MESSAGE, (*values, values[8])  # status, for completed_at
+    else:
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
+        # In SID order: two batches holding the same SIDs (an original and Twilio's
+        # retry, in two processes) then wait for each other in one order, never
+        # deadlock. Answers are matched by SID, so the order callers see does not change.
+        for row in sorted(rows, key=lambda r: r.msg.message_sid):
+            for column, value in zip(columns, _row_values(row), strict=True):
+                column.append(value)
+        query, params = _INSERT_MESSAGES, columns
     async with pool.connection() as conn:
-        cur = await conn.execute(_INSERT_MESSAGES, columns, prepare=True)
+        cur = await conn.execute(query, params, prepare=True)
         inserted = {str(sid): int(id_) for id_, sid in await cur.fetchall()}
     ids: list[int | None] = []
     for row in rows:

@@ -247,3 +247,43 @@ async def test_failed_owner_lookups_fail_each_caller_and_cache_nothing(
     assert ingest.phone_cache.stats().size == 0
     await pool.close()
     await redis.close()
+
+
+async def test_one_row_and_a_batch_store_the_same_columns(pool: ConnectionPool,
+                                                          database_url: str) -> None:
+    """A lone row goes as scalars, a batch through unnest: both store the same thing."""
+
+    def with_media(sid: str) -> InboundMessage:
+        return parse_inbound([("MessageSid", sid), ("AccountSid", "AC" + "a" * 32),
+                              ("From", SENDER), ("To", "+15550000000"), ("Body", "card ' \\"),
+                              ("NumMedia", "1"), ("MediaUrl0", "https://api.twilio.com/m/1"),
+                              ("MediaContentType0", "image/jpeg")])
+
+    user = uuid.uuid4()
+    kinds = [dict(user_id=user), dict(user_id=None),
+             dict(user_id=user, status="rejected", last_error="rate_limited")]
+    alone, batched = [], []
+    for kind in kinds:
+        one = NewMessage(with_media(random_sid()), SENDER, **kind)  # type: ignore[arg-type]
+        (id_,) = await insert_messages(pool, [one])
+        assert id_ is not None
+        assert await insert_messages(pool, [one]) == [None]  # delivered again: deduped
+        alone.append(id_)
+    batch = [NewMessage(with_media(random_sid()), SENDER, **kind)  # type: ignore[arg-type]
+             for kind in kinds]
+    batched = await insert_messages(pool, batch)
+    assert None not in batched
+    query = ("SELECT id, account_sid, user_id, from_number, to_number, body, num_media,"
+             " media, status, last_error, completed_at IS NOT NULL"
+             " FROM inbound_messages WHERE id = ANY(%s)")
+    with psycopg.connect(database_url) as conn:
+        def stored(ids: list[int | None]) -> list[tuple[object, ...]]:
+            by_id = {row[0]: row[1:] for row in conn.execute(query, (ids,))}
+            return [by_id[i] for i in ids]
+
+        assert stored(alone) == stored(batched)
+        received, _, rejected = stored(alone)
+    assert received[1] == user and received[5] == 1 and received[9] is False
+    assert received[6] == [{"index": 0, "url": "https://api.twilio.com/m/1",
+                            "contentType": "image/jpeg"}]
+    assert rejected[7:] == ("rejected", "rate_limited", True)
