@@ -148,7 +148,7 @@ class Batcher(Generic[In, Out]):
                 with trio.fail_at(deadline):
                     results = await self._run_batch(items)
             except Exception as exc:
-                return [outcome.Error(_own_copy(exc)) for _ in items]
+                return [outcome.Error(own_copy(exc)) for _ in items]
         if len(results) != len(items):
             message = f"batch of {len(items)} got {len(results)} answers"
             return [outcome.Error(RuntimeError(message)) for _ in items]
@@ -173,7 +173,7 @@ class Batcher(Generic[In, Out]):
         }
 
 
-def _own_copy(exc: Exception) -> Exception:
+def own_copy(exc: Exception) -> Exception:
     """A copy of a batch's error for one caller, caused by the original.
 
     Raising one exception object in several tasks would stack every task's frames on its
@@ -189,4 +189,4 @@ def _own_copy(exc: Exception) -> Exception:
     return mine
 
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "own_copy"]

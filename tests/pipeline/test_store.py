@@ -157,9 +157,10 @@ async def test_one_refused_row_does_not_fail_its_batch(
                                   "REDIS_URL": redis_url})
     redis = RedisClient(redis_url)
     ingest = Ingest(settings, pool, redis)
-    good = [_inbound(random_sid()) for _ in range(5)]
-    # PostgreSQL text cannot hold NUL (the parser refuses it; this one got past it).
-    bad = dataclasses.replace(_inbound(random_sid()), body="a\x00b")
+    good = [_inbound(random_sid()) for _ in range(20)]
+    # PostgreSQL text cannot hold NUL (the parser refuses it; these got past it). Two of
+    # them, apart, so the batch is halved more than once.
+    bad = [dataclasses.replace(_inbound(random_sid()), body="a\x00b") for _ in range(2)]
     results: dict[str, object] = {}
 
     async def submit(msg: InboundMessage) -> None:
@@ -170,15 +171,17 @@ async def test_one_refused_row_does_not_fail_its_batch(
             results[msg.message_sid] = exc
 
     async with trio.open_nursery() as nursery:
-        for msg in [*good[:2], bad, *good[2:]]:
+        for msg in [*good[:3], bad[0], *good[3:15], bad[1], *good[15:]]:
             nursery.start_soon(submit, msg)
-    assert isinstance(results.pop(bad.message_sid), psycopg.DataError)
-    assert all(isinstance(v, int) for v in results.values()) and len(results) == 5
-    assert ingest.inserts.stats()["largestBatch"] > 1  # they did share a batch
+    errors = [results.pop(msg.message_sid) for msg in bad]
+    assert all(isinstance(e, psycopg.DataError) for e in errors) and errors[0] is not errors[1]
+    assert all(isinstance(v, int) for v in results.values()) and len(results) == 20
+    assert len(set(results.values())) == 20  # each its own row
+    assert ingest.inserts.stats()["largestBatch"] > 2  # they did share a batch
     with psycopg.connect(database_url) as conn:
         count = conn.execute("SELECT count(*) FROM inbound_messages WHERE message_sid = ANY(%s)",
                              ([m.message_sid for m in good],)).fetchone()
-    assert count == (5,)
+    assert count == (20,)
     await redis.close()
 
 
