@@ -83,6 +83,13 @@ class Batcher(Generic[In, Out]):
     def queued(self) -> int:
         return len(self._queue)
 
+    async def call(self, item: In) -> Out:
+        """``submit`` with the caller's whole wait, queue included, bounded by ``timeout``
+        (``trio.TooSlowError``). ``submit`` alone bounds only the batch the caller is
+        in and leaves its wait in the queue to the caller's own deadline."""
+        with trio.fail_after(self.timeout):
+            return await self.submit(item)
+
     async def submit(self, item: In) -> Out:
         slot: _Slot[In, Out] = _Slot(item)
         if self._busy < self.lanes:

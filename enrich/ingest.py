@@ -15,7 +15,6 @@ from enum import StrEnum
 
 import outcome
 import psycopg
-import trio
 
 from enrich.batching import Batcher, own_copy
 from enrich.caching import AsyncTTLCache
@@ -161,7 +160,7 @@ class Ingest:
         decision = await self.limiter.check(sender, msg.message_sid)
         if not decision.allowed:
             # Recorded (counted, never processed), so a redelivery replays this answer.
-            stored = await self._store(NewMessage(
+            stored = await self.inserts.call(NewMessage(
                 msg, sender, owner.user_id, status="rejected", last_error="rate_limited"
             ))
             if stored is None:
@@ -175,7 +174,7 @@ class Ingest:
             return Answer(Outcome.RATE_LIMITED, 200, render_message(text),
                           message_sid=msg.message_sid)
 
-        message_id = await self._store(NewMessage(msg, sender, owner.user_id))
+        message_id = await self.inserts.call(NewMessage(msg, sender, owner.user_id))
         if message_id is None:  # delivered before (or concurrently, and the other won)
             return await self._redelivery(msg, sender, decision)
         if self.on_accepted is not None:
@@ -231,10 +230,6 @@ class Ingest:
             self._replied_locally.set(sender, True)
             return True
 
-    async def _store(self, row: NewMessage) -> int | None:
-        with trio.fail_after(INSERT_DEADLINE_S):
-            return await self.inserts.submit(row)
-
     async def _insert_batch(
         self, rows: Sequence[NewMessage]
     ) -> list[outcome.Outcome[int | None]]:
@@ -260,11 +255,7 @@ class Ingest:
     # --- cached lookups -----------------------------------------------------------------
 
     async def owner(self, phone: str) -> Owner | None:
-        return await self.phone_cache.get_or_load(phone, lambda: self._lookup(phone))
-
-    async def _lookup(self, phone: str) -> Owner | None:
-        with trio.fail_after(LOOKUP_DEADLINE_S):
-            return await self.lookups.submit(phone)
+        return await self.phone_cache.get_or_load(phone, lambda: self.lookups.call(phone))
 
     async def _lookup_batch(
         self, phones: Sequence[str]

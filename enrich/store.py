@@ -153,8 +153,8 @@ async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> l
     if not rows:
         return []
     if len(rows) == 1:
-        values = _row_values(rows[0])
-        query, params = _INSERT_MESSAGE, (*values, values[8])  # status, for completed_at
+        row = rows[0]
+        query, params = _INSERT_MESSAGE, (*_row_values(row), row.status)  # for completed_at
     else:
         columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
         # In SID order: two batches holding the same SIDs (an original and Twilio's

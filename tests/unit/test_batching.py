@@ -130,12 +130,13 @@ async def test_wrong_number_of_answers_is_an_error_not_a_hang() -> None:
         await batcher.submit(1)
 
 
-async def test_a_hung_batch_times_out_for_everyone(autojump_clock: trio.abc.Clock) -> None:
-    async def hang(items: Sequence[int]) -> list[outcome.Outcome[int]]:
-        await trio.sleep_forever()
-        raise AssertionError
+async def _hang(items: Sequence[int]) -> list[outcome.Outcome[int]]:
+    await trio.sleep_forever()
+    raise AssertionError
 
-    batcher: Batcher[int, int] = Batcher(hang, lanes=1, timeout=3)
+
+async def test_a_hung_batch_times_out_for_everyone(autojump_clock: trio.abc.Clock) -> None:
+    batcher: Batcher[int, int] = Batcher(_hang, lanes=1, timeout=3)
     failures: list[float] = []
 
     async def call(i: int) -> None:
@@ -148,6 +149,25 @@ async def test_a_hung_batch_times_out_for_everyone(autojump_clock: trio.abc.Cloc
             nursery.start_soon(call, i)
     # The first leads alone; the other two go together in the second batch.
     assert failures == [3, 6, 6]
+
+
+async def test_call_bounds_each_callers_whole_wait_by_the_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """With ``call`` the queued callers give up at the timeout too, not a batch later."""
+    batcher: Batcher[int, int] = Batcher(_hang, lanes=1, timeout=3)
+    failures: list[float] = []
+
+    async def call(i: int) -> None:
+        with pytest.raises(trio.TooSlowError):
+            await batcher.call(i)
+        failures.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(call, i)
+    assert failures == [3, 3, 3]
+    assert batcher.queued == 0
 
 
 async def test_a_caller_that_queued_then_leads_keeps_its_own_deadline(
