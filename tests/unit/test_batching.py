@@ -135,38 +135,27 @@ async def _hang(items: Sequence[int]) -> list[outcome.Outcome[int]]:
     raise AssertionError
 
 
-async def test_a_hung_batch_times_out_for_everyone(autojump_clock: trio.abc.Clock) -> None:
-    batcher: Batcher[int, int] = Batcher(_hang, lanes=1, timeout=3)
-    failures: list[float] = []
-
-    async def call(i: int) -> None:
-        with pytest.raises(trio.TooSlowError):
-            await batcher.submit(i)
-        failures.append(trio.current_time())
-
-    async with trio.open_nursery() as nursery:
-        for i in range(3):
-            nursery.start_soon(call, i)
-    # The first leads alone; the other two go together in the second batch.
-    assert failures == [3, 6, 6]
-
-
-async def test_call_bounds_each_callers_whole_wait_by_the_timeout(
-    autojump_clock: trio.abc.Clock,
+@pytest.mark.parametrize(("method", "expected"), [
+    # submit: the first leads alone; the other two go together in the second batch.
+    ("submit", [3, 6, 6]),
+    # call: the queued callers give up at the timeout too, not a batch later.
+    ("call", [3, 3, 3]),
+])
+async def test_a_hung_batch_times_out_for_everyone(
+    autojump_clock: trio.abc.Clock, method: str, expected: list[float]
 ) -> None:
-    """With ``call`` the queued callers give up at the timeout too, not a batch later."""
     batcher: Batcher[int, int] = Batcher(_hang, lanes=1, timeout=3)
     failures: list[float] = []
 
     async def call(i: int) -> None:
         with pytest.raises(trio.TooSlowError):
-            await batcher.call(i)
+            await getattr(batcher, method)(i)
         failures.append(trio.current_time())
 
     async with trio.open_nursery() as nursery:
         for i in range(3):
             nursery.start_soon(call, i)
-    assert failures == [3, 3, 3]
+    assert failures == expected
     assert batcher.queued == 0
 
 
