@@ -14,6 +14,7 @@ from enrich.metrics import Metrics
 from enrich.pipeline.outbox import Outbox
 from enrich.pipeline.runner import JobRunner
 from enrich.services import Services
+from enrich.twilio_rest import limiter_stats
 
 EXTENSION_KEY = "enrich"
 
@@ -81,6 +82,9 @@ class AppState:
                 "inUse": int(self.runner.limiter.borrowed_tokens),
                 "waiting": self.runner.queue_depth,
             }
+            # The paced share of it (enrich.pipeline.gate): jobs working here, not
+            # waiting on a download or a Speech call; total follows the pacing signal.
+            stats["processingPaced"] = limiter_stats(self.runner.gate)
         return stats
 
     def caches(self) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from enrich.media.policy import (
 from enrich.media.sniff import SNIFF_BYTES
 from enrich.metrics import Metrics
 from enrich.pipeline.errors import PermanentError, RecoverableError
+from enrich.pipeline.gate import waiting_elsewhere
 from enrich.twilio_rest import limiter_stats
 
 __all__ = [
@@ -304,7 +305,9 @@ class MediaFetcher:
         path = directory / f"media-{secrets.token_hex(12)}.part"
         try:
             try:
-                async with self.limiter:
+                # Queued for a slot, then mostly waiting on the remote server: the job is
+                # not paced meanwhile (enrich.pipeline.gate); the limiter bounds it.
+                async with waiting_elsewhere(), self.limiter:
                     if not self._dir_ready:
                         await trio.to_thread.run_sync(_make_dir, directory)
                         self._dir_ready = True

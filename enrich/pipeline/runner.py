@@ -14,17 +14,21 @@ Shape:
   coalesce into one more poll, and polls are at least POLL_MIN_GAP_S apart, so a flood of
   notifications costs at most one query per gap;
 * the **dispatcher** takes one hint at a time, waits for a slot of the
-  PROCESSING_CONCURRENCY limiter (backpressure), and claims the row with a lease
-  (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim starts a job;
+  PROCESSING_CONCURRENCY limiter (backpressure) and a token of the paced gate, and claims
+  the row with a lease (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim
+  starts a job;
 * a **job** processes the message while a heartbeat extends its lease, then writes
   items + done + confirmation in one transaction guarded by the lease. Recoverable
   failures go back with exponential backoff; after JOB_MAX_ATTEMPTS, or at once for
   permanent failures, the message is failed with its reason and the sender told.
 
-Acks first (``enrich.core.pacing``): the PROCESSING_CONCURRENCY limit follows a pacing
-signal, so jobs never make Twilio wait. In role ``all`` the signal is this event loop's lag
-(PROCESSING_TARGET_LAG_MS); a ``--role worker`` process follows the ack pressure the web
-processes publish through Redis (``enrich.pipeline.pressure``, PROCESSING_TARGET_ACK_MS).
+Acks first (``enrich.core.pacing``): how many jobs may work on this machine at once
+follows a pacing signal, so jobs never make Twilio wait. In role ``all`` the signal is this
+event loop's lag (PROCESSING_TARGET_LAG_MS); a ``--role worker`` process follows the ack
+pressure the web processes publish through Redis (``enrich.pipeline.pressure``,
+PROCESSING_TARGET_ACK_MS). The paced limiter is a gate on work done here: a job gives its
+token back while it waits on a download or a Speech call (``enrich.pipeline.gate``), so
+pacing never leaves the remote stages idle.
 
 Shutdown (``drain``): stop taking hints, give running jobs the grace period, then cancel
 the rest; a cancelled job hands its message back at once, so the next start (or another
@@ -48,6 +52,7 @@ from enrich.core.phone import mask_phone
 from enrich.db.pool import ConnectionPool
 from enrich.metrics import Metrics
 from enrich.pipeline.errors import ProcessingError
+from enrich.pipeline.gate import JobGate, bind
 from enrich.pipeline.process import Processor
 from enrich.store import (
     Job,
@@ -116,7 +121,9 @@ class JobRunner:
         # not be mistaken for the one that died holding leases.
         self.owner = f"{settings.effective_instance_id}/{secrets.token_hex(4)}"
         self.lease_s = float(settings.job_lease_seconds)
+        # Jobs alive at once (memory, leases): fixed. Jobs working here at once: paced.
         self.limiter = trio.CapacityLimiter(settings.processing_concurrency)
+        self.gate = trio.CapacityLimiter(settings.processing_concurrency)
         if pacing_target_s is None:
             pacing_target_s = settings.processing_target_lag_ms / 1000
         self.pacing = AdaptiveLimit(0, settings.processing_concurrency, pacing_target_s)
@@ -171,7 +178,7 @@ class JobRunner:
             nursery.cancel_scope.cancel()
 
     async def _pace(self) -> None:
-        """Acks first (enrich.core.pacing): size the job limiter from the loop's lag."""
+        """Acks first (enrich.core.pacing): size the gate from the pacing signal."""
         paused_since: float | None = None
         while True:
             try:
@@ -186,9 +193,10 @@ class JobRunner:
                 if paused_since is None:
                     paused_since = now
                 if now - paused_since >= PAUSE_TRICKLE_S:
-                    # Paused this long: open the gate until the next probe (the limiter
-                    # holds one token), so the backlog always moves, however long the
-                    # acks need the machine or however high the signal's floor is.
+                    # Paused this long: let the dispatcher start a job until the next
+                    # probe (the gate holds one token), so the backlog always moves,
+                    # however long the acks need the machine or however high the
+                    # signal's floor is.
                     paused_since = now
                     self._unpaused.set()
                 elif self._unpaused.is_set():
@@ -197,10 +205,10 @@ class JobRunner:
                 paused_since = None
                 self._unpaused.set()
             tokens = max(1, limit)  # a CapacityLimiter needs at least one token
-            if tokens != self.limiter.total_tokens:
-                # Lowering it below what is borrowed is fine: running jobs finish, and
-                # no new one starts until the count is under the limit again.
-                self.limiter.total_tokens = tokens
+            if tokens != self.gate.total_tokens:
+                # Lowering it below what is borrowed is fine: working jobs go on, and no
+                # job starts or resumes work here until the count is under the limit.
+                self.gate.total_tokens = tokens
 
     async def _poll_loop(self) -> None:
         while self._accepting:
@@ -255,19 +263,27 @@ class JobRunner:
                 first = await self._recv.receive()
             except trio.EndOfChannel:
                 break
-            batch = [(first, object())]
+            gate = JobGate(self.gate)
+            batch = [(first, gate)]
             await self._unpaused.wait()
-            await self.limiter.acquire_on_behalf_of(batch[0][1])
+            await self.limiter.acquire_on_behalf_of(gate)
+            try:
+                await gate.take()
+            except BaseException:
+                self._give_back(batch)
+                raise
             while len(batch) < CLAIM_BATCH:
-                token = object()
+                gate = JobGate(self.gate)
                 try:
-                    self.limiter.acquire_on_behalf_of_nowait(token)
+                    self.limiter.acquire_on_behalf_of_nowait(gate)
                 except trio.WouldBlock:
                     break
                 try:
-                    batch.append((self._recv.receive_nowait(), token))
+                    gate.take_nowait()
+                    batch.append((self._recv.receive_nowait(), gate))
                 except (trio.WouldBlock, trio.EndOfChannel):
-                    self.limiter.release_on_behalf_of(token)
+                    gate.give_back()
+                    self.limiter.release_on_behalf_of(gate)
                     break
             self._maybe_refill()
             if not self._accepting:
@@ -283,12 +299,12 @@ class JobRunner:
                 log.warning("claim failed", extra={"error": type(exc).__name__})
                 claimed = []
             by_id = {job.id: job for job in claimed}
-            for message_id, token in batch:
+            for message_id, gate in batch:
                 job = by_id.get(message_id)
                 if job is None:  # done, leased elsewhere, or not due: the row decides
-                    self._give_back([(message_id, token)])
+                    self._give_back([(message_id, gate)])
                 else:
-                    jobs.start_soon(self._run_job, job, token)
+                    jobs.start_soon(self._run_job, job, gate)
 
     def _maybe_refill(self) -> None:
         """A poll found more due rows than the queue had room for: poll again once the
@@ -297,9 +313,10 @@ class JobRunner:
             self._refill = False
             self.poke()
 
-    def _give_back(self, batch: list[tuple[int, object]]) -> None:
-        for message_id, token in batch:
-            self.limiter.release_on_behalf_of(token)
+    def _give_back(self, batch: list[tuple[int, JobGate]]) -> None:
+        for message_id, gate in batch:
+            gate.give_back()
+            self.limiter.release_on_behalf_of(gate)
             self._queued.discard(message_id)
 
     async def drain(self, grace_s: float) -> None:
@@ -324,7 +341,8 @@ class JobRunner:
 
     # --- one job ----------------------------------------------------------------------
 
-    async def _run_job(self, job: Job, token: object) -> None:
+    async def _run_job(self, job: Job, gate: JobGate) -> None:
+        bind(gate)  # this task and its children: waits elsewhere give the token back
         self.in_flight += 1
         started = time.perf_counter()
         outcome = "error"
@@ -334,7 +352,8 @@ class JobRunner:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            self.limiter.release_on_behalf_of(token)
+            gate.give_back()
+            self.limiter.release_on_behalf_of(gate)
             self._queued.discard(job.id)
             latency = None
             if outcome == "done":

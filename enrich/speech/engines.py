@@ -58,6 +58,7 @@ from enrich.config import Settings
 from enrich.media.audio import AudioDecodeError, AudioInfo, decode_to_pcm16, probe, split_pcm
 from enrich.media.sniff import MediaKind
 from enrich.pipeline.errors import PermanentError, RecoverableError
+from enrich.pipeline.gate import waiting_elsewhere
 from enrich.speech.breaker import CircuitBreaker
 from enrich.twilio_rest import limiter_stats
 
@@ -360,10 +361,13 @@ class GoogleEngine:
             if permit is None:
                 raise SpeechUnavailable("speech breaker open")
             try:
-                text = await trio.to_thread.run_sync(
-                    partial(self._call, audio, timeout), limiter=self.limiter,
-                    abandon_on_cancel=True,
-                )
+                # Queued for a SPEECH_POOL_MAX slot, then waiting on the service: the job
+                # is not paced meanwhile (enrich.pipeline.gate).
+                async with waiting_elsewhere():
+                    text = await trio.to_thread.run_sync(
+                        partial(self._call, audio, timeout), limiter=self.limiter,
+                        abandon_on_cancel=True,
+                    )
             except trio.Cancelled:
                 self.breaker.record_abandoned(permit)
                 raise

@@ -97,7 +97,8 @@ async def test_shapes_of_stats_cache_database_connections(
         assert {"totalConnections", "idleConnections", "activeConnections",
                 "waitingClients"} <= set(db)
         pools = (await c.get("/api/sms/performance/connections")).json()["data"]
-        for name in ("postgres", "redis", "speech", "twilio", "mediaDownloads"):
+        for name in ("postgres", "redis", "speech", "twilio", "mediaDownloads",
+                     "processing", "processingPaced"):
             assert pools[name] is not None
             assert {"total", "available", "inUse", "waiting"} <= set(pools[name]), name
         # reset and clear

@@ -370,13 +370,14 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
     pool = runner_pool(settings)
     try:
         runner = JobRunner(settings, pool, Processor(), Metrics(), lag_probe=probe)
-        assert runner.limiter.total_tokens == 8
+        assert runner.gate.total_tokens == runner.limiter.total_tokens == 8
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
             for _ in range(6):
                 await send.send(0.050)  # webhooks alone keep the loop late
             await send.send(0.050)
-            assert runner.pacing.limit == 0 and runner.limiter.total_tokens == 1
+            assert runner.pacing.limit == 0 and runner.gate.total_tokens == 1
+            assert runner.limiter.total_tokens == 8  # pacing gates work, not memory
             sids = [await web.post_new(http, f"Met Person{i} in Boston") for i in range(5)]
             await trio.sleep(0.5)  # the poller hands them over; the paused runner waits
             assert {(await _row(db, sid))[0] for sid in sids} == {"received"}
@@ -385,7 +386,7 @@ async def test_a_congested_loop_throttles_processing_and_it_recovers(
                 await send.send(0.0)
             await send.send(0.0)
             await wait_for_status(db, sids, "done")
-            assert runner.limiter.total_tokens == 8  # back to full concurrency
+            assert runner.gate.total_tokens == 8  # back to full concurrency
             nursery.cancel_scope.cancel()
     finally:
         await pool.close()
@@ -403,7 +404,7 @@ def test_each_role_paces_on_its_own_signal(tmp_path: Path) -> None:
         runner = get_state(create_app(settings, role=role)).runner
         assert runner is not None
         targets[role] = runner.pacing.target_lag_s
-        assert runner.pacing.limit == runner.limiter.total_tokens == 100  # full concurrency
+        assert runner.pacing.limit == runner.gate.total_tokens == 100  # full concurrency
     assert targets == {"all": 0.005, "worker": 0.030}
     assert get_state(create_app(settings, role="web")).runner is None
     off = make_settings(tmp_path, DATABASE_URL="postgresql://127.0.0.1:1/unused",
