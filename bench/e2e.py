@@ -171,12 +171,26 @@ def _steady(times: np.ndarray) -> float | None:
     return round(inside / float(t90 - t10), 2) if t90 > t10 else None
 
 
+def _stage_span(notes: list[tuple[float, float]]) -> dict[str, Any] | None:
+    """The speech stage's own throughput: voice notes stored per second from the first
+    note's arrival to the last one's store. All of the bottleneck's work, ramp and drain
+    included, so it can only understate; and unlike a window of completions it does not
+    depend on the mix (voice notes wait longest and finish last) or on when the outbox
+    sends (paced replies leave in a burst once the acks are quiet)."""
+    if len(notes) < 2:
+        return None
+    span = max(done for _, done in notes) - min(received for received, _ in notes)
+    return {"count": len(notes), "span_s": round(span, 3),
+            "per_s": round(len(notes) / span, 2) if span > 0 else None}
+
+
 def from_database(database_url: str) -> dict[str, Any]:
     with psycopg.connect(database_url, application_name="enrich-bench") as c:
         rows = c.execute(
             """
             SELECT m.status, m.num_media, extract(epoch FROM m.received_at),
-                   extract(epoch FROM m.completed_at), extract(epoch FROM n.sent_at), n.kind
+                   extract(epoch FROM m.completed_at), extract(epoch FROM n.sent_at), n.kind,
+                   m.media::text LIKE '%MEe2evoice%'
             FROM inbound_messages m
             LEFT JOIN notifications n ON n.message_sid = m.message_sid
             """).fetchall()
@@ -206,6 +220,8 @@ def from_database(database_url: str) -> dict[str, Any]:
             "stored_steady_per_s": _steady(completed),
             "confirmed_steady_per_s": _steady(sent),
         },
+        "voice_notes": _stage_span(
+            [(float(r[2]), float(r[3])) for r in rows if r[6] and r[3] is not None]),
     }
 
 
@@ -263,6 +279,15 @@ def run(opts: E2EOptions) -> dict[str, Any]:
     thr = db["throughput"]
     achieved = thr["confirmed_steady_per_s"] or thr["confirmed_per_s"] or 0.0
     bound = law["bound_per_s"]
+    # Judged on the stricter of two figures that cannot be flattered by a window: all
+    # confirmations over the whole run, and the speech stage's own rate over its busy
+    # span against SPEECH_POOL_MAX / speech latency (when speech is the limiting stage).
+    overall = thr["confirmed_per_s"] / bound if bound and thr["confirmed_per_s"] else None
+    notes = db["voice_notes"]
+    stage = None
+    if notes and notes["per_s"] and law["limiting_stage"] == "speech" and opts.speech_latency:
+        stage = notes["per_s"] / (law["stages"]["speech"]["limiter"] / opts.speech_latency)
+    judged = min((r for r in (overall, stage) if r is not None), default=None)
     measured_bound = None
     if jobs.get("avg"):
         measured_bound = round(law["stages"]["processing"]["limiter"] / jobs["avg"], 2)
@@ -275,8 +300,12 @@ def run(opts: E2EOptions) -> dict[str, Any]:
         "limiters_after_push": sampler.summary(),
         "littles_law": law, "measured_processing_bound_per_s": measured_bound,
         "achieved_per_s": achieved, "ratio": round(achieved / bound, 4) if bound else None,
-        "goal": ">= 90% of the Little's-law bound",
-        "passed": bool(bound and achieved / bound >= 0.9),
+        "overall_ratio": round(overall, 4) if overall else None,
+        "speech_stage_ratio": round(stage, 4) if stage else None,
+        "judged_ratio": round(judged, 4) if judged else None,
+        "goal": ">= 90% of the Little's-law bound (the stricter of the whole run's "
+                "confirmations and the speech stage's own rate)",
+        "passed": bool(judged and judged >= 0.9),
         "deployment": serve.deployment,
         "server_cpu_pct": cpu_pct["server"],
         **({"worker_cpu_pct": cpu_pct["worker"]} if "worker" in cpu_pct else {}),
@@ -313,13 +342,28 @@ def format_result(r: dict[str, Any]) -> str:
             for k, v in r["limiters_after_push"].items()),
         f"Bound {law['bound_per_s']}/s ({law['limiting_stage']}); with the measured job "
         f"busy time {r['measured_processing_bound_per_s']}/s",
-        f"{'✓' if r['passed'] else '✗'} achieved {r['achieved_per_s']}/s = "
-        f"{(r['ratio'] or 0):.1%} of the bound (goal >= 90%); server process CPU "
+        f"Steady window: {r['achieved_per_s']}/s = {(r['ratio'] or 0):.1%} of the bound; "
+        f"whole run: {db['throughput']['confirmed_per_s']}/s = "
+        f"{_pct(r.get('overall_ratio'))}; the speech stage alone: "
+        f"{_fmt_notes(db.get('voice_notes'))} = {_pct(r.get('speech_stage_ratio'))} of "
+        f"{law['stages']['speech']['limiter']} slots / {o['speech_latency']} s",
+        f"{'✓' if r['passed'] else '✗'} judged {_pct(r.get('judged_ratio'))} of the bound "
+        f"(the stricter of the last two; goal >= 90%); server process CPU "
         f"{r['server_cpu_pct']}% of one core from first push to last reply"
         + (f" (web; the niced worker {r['worker_cpu_pct']}%)" if "worker_cpu_pct" in r
            else ""),
     ]
     return "\n".join(lines)
+
+
+def _pct(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1%}"
+
+
+def _fmt_notes(notes: dict[str, Any] | None) -> str:
+    if not notes:
+        return "n/a"
+    return f"{notes['count']} voice notes in {notes['span_s']} s = {notes['per_s']}/s"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,8 +199,10 @@ def goals_table(r: dict[str, Any]) -> str:
     if "e2e" in r:
         e = r["e2e"]
         rows.append(("end-to-end throughput vs Little's-law bound", ">= 90 %",
-                     f"{e['achieved_per_s']}/s of {e['littles_law']['bound_per_s']}/s = "
-                     f"{(e['ratio'] or 0):.1%}", e["passed"]))
+                     f"{(e.get('judged_ratio') or 0):.1%} (whole run "
+                     f"{(e.get('overall_ratio') or 0):.1%}, speech stage "
+                     f"{(e.get('speech_stage_ratio') or 0):.1%}; steady window "
+                     f"{(e['ratio'] or 0):.1%})", e["passed"]))
     if "downloads" in r:
         d = r["downloads"]
         rows.append(("peak RSS growth, 100 x 5 MB downloads", "<= 64 MB",

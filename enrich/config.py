@@ -429,16 +429,16 @@ class Settings:
     processing_target_lag_ms: float = _var(
         "PROCESSING_TARGET_LAG_MS", _float_range(0, 10_000), "5",
         "Acks first, in a process that also answers webhooks (role all): when the event "
-        "loop runs later than this, fewer messages are processed at once (down to none) "
-        "until it catches up; 0 disables. A --role worker process paces on "
-        "PROCESSING_TARGET_ACK_MS instead.",
+        "loop runs later than this, fewer messages are worked on at once (down to none) "
+        "until it catches up; waits on downloads and Speech do not count; 0 disables. A "
+        "--role worker process paces on PROCESSING_TARGET_ACK_MS instead.",
     )
     processing_target_ack_ms: float = _var(
         "PROCESSING_TARGET_ACK_MS", _float_range(0, 60_000), "10",
         "Acks first across processes (--role worker): when a web process reports an "
         "ack slower than this (its slowest answer or its event-loop lag in the last "
-        "100 ms, shared through Redis), fewer messages are processed at once (down to "
-        "none) until they recover; 0 disables.",
+        "100 ms, shared through Redis), fewer messages are worked on at once (down to "
+        "none) until they recover; waits on downloads and Speech do not count; 0 disables.",
     )
     job_queue_size: int = _var(
         "JOB_QUEUE_SIZE", _int_range(1, 100_000), "256", "Jobs buffered in memory."

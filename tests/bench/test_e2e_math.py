@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.e2e import E2EOptions, _steady, littles_law
+from bench.e2e import E2EOptions, _stage_span, _steady, littles_law
 
 
 def test_bound_is_the_smallest_stage_by_limiter_over_busy_time() -> None:
@@ -44,3 +44,11 @@ def test_steady_throughput_ignores_ramp_and_drain() -> None:
                             np.linspace(15, 30, 5)])
     assert _steady(times) == pytest.approx(10.0, rel=0.05)
     assert _steady(np.arange(5.0)) is None
+
+
+def test_the_speech_stage_rate_spans_first_arrival_to_last_store() -> None:
+    # 4 notes: the first arrives at t=10, the last is stored at t=12.
+    notes = [(10.0, 10.6), (10.2, 11.0), (10.4, 11.5), (10.5, 12.0)]
+    span = _stage_span(notes)
+    assert span == {"count": 4, "span_s": 2.0, "per_s": 2.0}
+    assert _stage_span(notes[:1]) is None

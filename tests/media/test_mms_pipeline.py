@@ -298,6 +298,39 @@ async def test_pool_stats_report_the_media_and_speech_limiters(mms: Mms) -> None
     assert pools["speech"]["total"] == mms.settings.speech_pool_max
 
 
+# Pacing off, so that the test sets the gate where a congested loop would put it.
+@pytest.mark.parametrize("mms_env", [{"PROCESSING_TARGET_LAG_MS": "0"}])
+async def test_paced_to_one_job_the_remote_stages_still_overlap(mms: Mms) -> None:
+    """Pacing bounds work done here, not waits on other machines: with the gate at one
+    token, voice notes still wait on Speech side by side and photos download side by
+    side, while at most one job at a time works here (enrich.pipeline.gate)."""
+    state = get_state(mms.app)
+    assert state.runner is not None
+    state.runner.gate.total_tokens = 1
+    mms.speech.set_latency(0.3)
+    media = [mms.media("note1.amr", "audio/amr") for _ in range(3)]
+    media += [mms.media("photo.jpg", "image/jpeg", delay_s=0.3) for _ in range(3)]
+    peaks = {"speech": 0, "mediaDownloads": 0, "processingPaced": 0}
+    done = trio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            pools = state.pool_stats()
+            for name in peaks:
+                peaks[name] = max(peaks[name], pools[name]["inUse"])
+            await trio.sleep(0.005)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        sids = [(await mms.send("", [item]))[0] for item in media]
+        for sid in sids:
+            assert (await mms.wait_settled(sid))["status"] == "done"
+        done.set()
+    assert peaks["processingPaced"] == 1
+    assert peaks["speech"] >= 2 and peaks["mediaDownloads"] >= 2, peaks
+    assert len(mms.speech.calls) == 3
+
+
 @pytest.mark.parametrize("mms_env", [{"STT_ENGINE": "none"}])
 async def test_without_speech_engine_notes_are_kept_untranscribed(mms: Mms) -> None:
     assert get_state(mms.app).extras["speech_engine"] == "none"

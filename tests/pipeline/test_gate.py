@@ -1,0 +1,147 @@
+"""The pacing gate (enrich.pipeline.gate): a job holds its token while it works here and
+gives it back while it waits on another machine."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from enrich.pipeline.gate import JobGate, bind, waiting_elsewhere
+
+
+async def test_outside_a_job_waiting_elsewhere_does_nothing() -> None:
+    async with waiting_elsewhere():
+        await trio.sleep(0)
+
+
+async def test_the_token_is_given_back_for_the_wait_and_taken_again() -> None:
+    limiter = trio.CapacityLimiter(1)
+    gate = JobGate(limiter)
+    await gate.take()
+    bind(gate)
+    assert limiter.borrowed_tokens == 1
+    async with waiting_elsewhere():
+        assert not gate.held and limiter.borrowed_tokens == 0
+    assert gate.held and limiter.borrowed_tokens == 1
+    gate.give_back()
+    gate.give_back()  # idempotent: the runner calls it at every job's end
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_while_one_job_waits_elsewhere_another_works() -> None:
+    """A full gate (pacing at one) still lets a second job work while the first waits on a
+    download or a Speech call; the first resumes only when the token is free again."""
+    limiter = trio.CapacityLimiter(1)
+    remote = trio.Event()
+    order: list[str] = []
+
+    async def waiting_job(gate: JobGate) -> None:
+        bind(gate)
+        async with waiting_elsewhere():
+            order.append("first waits")
+            await remote.wait()
+        order.append("first resumes")
+        gate.give_back()
+
+    async def working_job(gate: JobGate, task_status: trio.TaskStatus[None]) -> None:
+        await gate.take()
+        task_status.started()
+        order.append("second works")
+        await trio.testing.wait_all_tasks_blocked()
+        remote.set()  # the first job's answer arrives while the second still works
+        await trio.testing.wait_all_tasks_blocked()
+        assert "first resumes" not in order  # it waits for the token, not the answer
+        order.append("second done")
+        gate.give_back()
+
+    first = JobGate(limiter)
+    await first.take()
+    with trio.fail_after(5):  # a gate that kept the token while waiting would deadlock
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiting_job, first)
+            await trio.testing.wait_all_tasks_blocked()
+            await nursery.start(working_job, JobGate(limiter))
+    assert order == ["first waits", "second works", "second done", "first resumes"]
+    assert limiter.borrowed_tokens == 0
+
+
+async def test_a_jobs_parallel_waits_give_back_once_and_take_once() -> None:
+    """A message's media items wait side by side: the token goes back at the first wait
+    and comes back after the last, never twice (trio would raise on a double release)."""
+    limiter = trio.CapacityLimiter(1)
+    gate = JobGate(limiter)
+    await gate.take()
+    bind(gate)
+    answers = [trio.Event(), trio.Event()]
+    seen: list[int] = []
+
+    async def item(i: int) -> None:
+        async with waiting_elsewhere():
+            await answers[i].wait()
+        seen.append(limiter.borrowed_tokens)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(2):
+            nursery.start_soon(item, i)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not gate.held and limiter.borrowed_tokens == 0
+        answers[0].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [0]  # the other item still waits: no token taken yet
+        answers[1].set()
+    assert seen == [0, 1] and gate.held
+
+
+async def test_two_branches_taking_at_once_share_one_acquisition() -> None:
+    limiter = trio.CapacityLimiter(1)
+    blocker = JobGate(limiter)
+    await blocker.take()
+    gate = JobGate(limiter)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gate.take)
+        nursery.start_soon(gate.take)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == 1  # one waits in the limiter
+        blocker.give_back()
+    assert gate.held and limiter.borrowed_tokens == 1
+
+
+async def test_cancelled_while_taking_again_leaks_no_token() -> None:
+    limiter = trio.CapacityLimiter(1)
+    gate = JobGate(limiter)
+    await gate.take()
+    bind(gate)
+    other = JobGate(limiter)
+    with trio.move_on_after(0.05) as scope:
+        async with waiting_elsewhere():
+            other.take_nowait()  # another job takes the token during the wait
+        pytest.fail("took a token that another job holds")
+    assert scope.cancelled_caught
+    assert not gate.held and limiter.borrowed_tokens == 1
+    gate.give_back()  # the runner's unconditional give-back must not release other's
+    assert other.held and limiter.borrowed_tokens == 1
+
+
+async def test_bind_is_per_task() -> None:
+    limiter = trio.CapacityLimiter(2)
+    gate = JobGate(limiter)
+    await gate.take()
+
+    async def bound_job() -> None:
+        bind(gate)
+        async with waiting_elsewhere():
+            assert not gate.held
+
+    async def unrelated_task() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        async with waiting_elsewhere():  # not a job: does nothing to gate
+            assert gate.held
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(unrelated_task)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bound_job)
+    assert gate.held
+    async with waiting_elsewhere():  # bind in a child task did not leak here
+        assert gate.held
