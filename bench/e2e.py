@@ -190,7 +190,7 @@ def from_database(database_url: str) -> dict[str, Any]:
             """
             SELECT m.status, m.num_media, extract(epoch FROM m.received_at),
                    extract(epoch FROM m.completed_at), extract(epoch FROM n.sent_at), n.kind,
-                   m.media::text LIKE '%MEe2evoice%'
+                   m.media::text LIKE '%MEe2evoice%', m.media::text LIKE '%MEe2eimage%'
             FROM inbound_messages m
             LEFT JOIN notifications n ON n.message_sid = m.message_sid
             """).fetchall()
@@ -220,6 +220,7 @@ def from_database(database_url: str) -> dict[str, Any]:
             "stored_steady_per_s": _steady(completed),
             "confirmed_steady_per_s": _steady(sent),
         },
+        "mix": {"voice": sum(1 for r in rows if r[6]), "image": sum(1 for r in rows if r[7])},
         "voice_notes": _stage_span(
             [(float(r[2]), float(r[3])) for r in rows if r[6] and r[3] is not None]),
     }
@@ -275,14 +276,25 @@ def run(opts: E2EOptions) -> dict[str, Any]:
                    for name, p in procs.items()}
         db = from_database(server.database_url)
         jobs = job_durations(server.jobs_log, server.database_url)
-        law = littles_law(opts, {**server.server_env(), **opts.env})
+        server_env = server.server_env()
+        law = littles_law(opts, {**server_env, **opts.env})
     thr = db["throughput"]
     achieved = thr["confirmed_steady_per_s"] or thr["confirmed_per_s"] or 0.0
     bound = law["bound_per_s"]
+    # The mix is drawn at random per message: the bound for what was actually sent (1,257
+    # voice notes instead of 1,200 is 4.8 % more Speech work) is the fair yardstick.
+    sent_law = law
+    if db["messages"]:
+        sent_law = littles_law(replace(opts, voice=db["mix"]["voice"] / db["messages"],
+                                       image=db["mix"]["image"] / db["messages"]),
+                               {**server_env, **opts.env})
+    sent_bound = sent_law["bound_per_s"]
     # Judged on the stricter of two figures that cannot be flattered by a window: all
-    # confirmations over the whole run, and the speech stage's own rate over its busy
-    # span against SPEECH_POOL_MAX / speech latency (when speech is the limiting stage).
-    overall = thr["confirmed_per_s"] / bound if bound and thr["confirmed_per_s"] else None
+    # confirmations over the whole run against the bound for the mix sent, and the speech
+    # stage's own rate over its busy span against SPEECH_POOL_MAX / speech latency (when
+    # speech is the limiting stage).
+    overall = thr["confirmed_per_s"] / sent_bound if sent_bound and thr["confirmed_per_s"] \
+        else None
     notes = db["voice_notes"]
     stage = None
     if notes and notes["per_s"] and law["limiting_stage"] == "speech" and opts.speech_latency:
@@ -298,7 +310,8 @@ def run(opts: E2EOptions) -> dict[str, Any]:
         "ack_outcomes": ack["outcomes"], "push_kinds": ack["kinds"],
         "drain_wait_s": round(drained, 2), "database": db, "job_service_s": jobs,
         "limiters_after_push": sampler.summary(),
-        "littles_law": law, "measured_processing_bound_per_s": measured_bound,
+        "littles_law": law, "littles_law_for_the_mix_sent": sent_law,
+        "measured_processing_bound_per_s": measured_bound,
         "achieved_per_s": achieved, "ratio": round(achieved / bound, 4) if bound else None,
         "overall_ratio": round(overall, 4) if overall else None,
         "speech_stage_ratio": round(stage, 4) if stage else None,
@@ -344,7 +357,9 @@ def format_result(r: dict[str, Any]) -> str:
         f"busy time {r['measured_processing_bound_per_s']}/s",
         f"Steady window: {r['achieved_per_s']}/s = {(r['ratio'] or 0):.1%} of the bound; "
         f"whole run: {db['throughput']['confirmed_per_s']}/s = "
-        f"{_pct(r.get('overall_ratio'))}; the speech stage alone: "
+        f"{_pct(r.get('overall_ratio'))} of {r['littles_law_for_the_mix_sent']['bound_per_s']}"
+        f"/s, the bound for the mix sent ({db['mix']['voice']} voice notes, "
+        f"{db['mix']['image']} images); the speech stage alone: "
         f"{_fmt_notes(db.get('voice_notes'))} = {_pct(r.get('speech_stage_ratio'))} of "
         f"{law['stages']['speech']['limiter']} slots / {o['speech_latency']} s",
         f"{'✓' if r['passed'] else '✗'} judged {_pct(r.get('judged_ratio'))} of the bound "

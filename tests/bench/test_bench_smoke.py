@@ -192,6 +192,25 @@ def test_bench_server_end_to_end_with_the_load_test(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_e2e_quick_run_processes_everything_and_reports_the_judged_ratio() -> None:
+    """bench.e2e on the real stack, small: every message processed and confirmed, the
+    mix sent counted, and the verdict taken from the stricter whole-run / speech-stage
+    ratio (the steady window is reported, not judged)."""
+    from bench.e2e import E2EOptions, format_result, run
+
+    result = run(E2EOptions(messages=60, rate=60.0, senders=5, media_latency=0.05,
+                            speech_latency=0.05, send_latency=0.01, timeout=120))
+    db = result["database"]
+    assert db["statuses"] == {"done": 60} and db["replies"] == {"confirmation": 60}
+    assert db["mix"]["voice"] == db["voice_notes"]["count"] > 0
+    assert 0 < db["mix"]["voice"] + db["mix"]["image"] < 60
+    judged = [r for r in (result["overall_ratio"], result["speech_stage_ratio"]) if r]
+    assert judged and result["judged_ratio"] == min(judged)
+    assert result["passed"] == (result["judged_ratio"] >= 0.9)
+    assert "judged" in format_result(result)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("webs", [1, 2])
 def test_bench_server_split_deployment(tmp_path: Path, webs: int) -> None:
     """bench.serve --split: webhooks in --role web processes (``webs`` of them sharing the
