@@ -18,7 +18,16 @@ database (``inbound_messages.received_at/completed_at``, ``notifications.sent_at
   completion times, i.e. without the ramp-up and the drain);
 * the Little's-law bound: for each stage, limiter size ÷ the stage's busy time per
   message (its configured latency times the share of messages that use it); the
-  pipeline cannot beat the smallest. The measured ratio is throughput ÷ bound.
+  pipeline cannot beat the smallest. Reported for the configured shares and for the mix
+  actually sent (the kind of each message is drawn at random).
+
+The verdict (>= 90 %) takes the stricter of two ratios no window can flatter: all
+confirmations over the whole run against the bound for the mix sent (or the push rate,
+if lower), and the limiting stage's own rate over its busy span when that stage is
+Speech (voice notes stored per second from the first note's arrival to the last one's
+store, against SPEECH_POOL_MAX ÷ speech latency). The steady-state ratio is reported
+beside them, not judged: the replies leave in a burst once the acks are quiet (the
+outbox is paced too) and the voice notes finish last, which lifted it to 116-126 %.
 
 ``--split`` runs the multi-process deployment (bench.serve --split): webhooks in a
 ``--role web`` process, the pipeline in a ``--role worker`` process at a lower CPU
@@ -190,12 +199,17 @@ def from_database(database_url: str) -> dict[str, Any]:
             """
             SELECT m.status, m.num_media, extract(epoch FROM m.received_at),
                    extract(epoch FROM m.completed_at), extract(epoch FROM n.sent_at), n.kind,
-                   m.media::text LIKE '%MEe2evoice%', m.media::text LIKE '%MEe2eimage%'
+                   m.media::text LIKE '%MEe2evoice%', m.message_sid
             FROM inbound_messages m
             LEFT JOIN notifications n ON n.message_sid = m.message_sid
             """).fetchall()
         items = c.execute("SELECT item_type, count(*) FROM enrichment_items GROUP BY 1"
                           ).fetchall()
+        mix = c.execute(
+            "SELECT count(*), count(*) FILTER (WHERE media::text LIKE '%MEe2evoice%'), "
+            "count(*) FILTER (WHERE media::text LIKE '%MEe2eimage%') FROM inbound_messages"
+        ).fetchone()
+        assert mix is not None
     received = np.array([float(r[2]) for r in rows])
     completed = np.array([float(r[3]) for r in rows if r[3] is not None])
     sent = np.array([float(r[4]) for r in rows if r[4] is not None])
@@ -208,7 +222,7 @@ def from_database(database_url: str) -> dict[str, Any]:
         statuses[str(r[0])] = statuses.get(str(r[0]), 0) + 1
         kinds[str(r[5])] = kinds.get(str(r[5]), 0) + 1
     return {
-        "messages": len(rows), "statuses": statuses, "replies": kinds,
+        "messages": int(mix[0]), "statuses": statuses, "replies": kinds,
         "items": {str(k): int(v) for k, v in items},
         "stored_latency_s": _pcts(stored_lat), "confirmed_latency_s": _pcts(sent_lat),
         "span_stored_s": round(float(completed.max()) - t0, 3) if len(completed) else None,
@@ -220,9 +234,10 @@ def from_database(database_url: str) -> dict[str, Any]:
             "stored_steady_per_s": _steady(completed),
             "confirmed_steady_per_s": _steady(sent),
         },
-        "mix": {"voice": sum(1 for r in rows if r[6]), "image": sum(1 for r in rows if r[7])},
-        "voice_notes": _stage_span(
-            [(float(r[2]), float(r[3])) for r in rows if r[6] and r[3] is not None]),
+        "mix": {"voice": int(mix[1]), "image": int(mix[2])},
+        "voice_notes": _stage_span(list(  # one per message, whatever the replies
+            {r[7]: (float(r[2]), float(r[3])) for r in rows if r[6] and r[3] is not None
+             }.values())),
     }
 
 
@@ -293,12 +308,17 @@ def run(opts: E2EOptions) -> dict[str, Any]:
     # confirmations over the whole run against the bound for the mix sent, and the speech
     # stage's own rate over its busy span against SPEECH_POOL_MAX / speech latency (when
     # speech is the limiting stage).
-    overall = thr["confirmed_per_s"] / sent_bound if sent_bound and thr["confirmed_per_s"] \
-        else None
+    # Throughput cannot beat the arrival rate either.
+    cap = min(sent_bound, opts.rate) if sent_bound else None
+    overall = thr["confirmed_per_s"] / cap if cap and thr["confirmed_per_s"] else None
     notes = db["voice_notes"]
     stage = None
-    if notes and notes["per_s"] and law["limiting_stage"] == "speech" and opts.speech_latency:
-        stage = notes["per_s"] / (law["stages"]["speech"]["limiter"] / opts.speech_latency)
+    if notes and notes["per_s"] and sent_law["limiting_stage"] == "speech" \
+            and opts.speech_latency and db["messages"]:
+        # Its capacity, or the rate voice notes arrived at if that is lower.
+        capacity = law["stages"]["speech"]["limiter"] / opts.speech_latency
+        arriving = opts.rate * db["mix"]["voice"] / db["messages"]
+        stage = notes["per_s"] / min(capacity, arriving)
     judged = min((r for r in (overall, stage) if r is not None), default=None)
     measured_bound = None
     if jobs.get("avg"):

@@ -45,6 +45,7 @@ from enrich.media.sniff import MediaKind, sniff
 from enrich.media.vcard import VCardContact, decode_vcard_bytes, parse_vcards
 from enrich.metrics import Metrics
 from enrich.pipeline.errors import PermanentError, ProcessingError, RecoverableError
+from enrich.pipeline.gate import waiting_elsewhere
 from enrich.pipeline.process import MediaOutcome
 from enrich.speech.engines import SpeechEngine, build_engine
 from enrich.store import Job
@@ -163,7 +164,8 @@ class MediaPipeline:
                               extra={"message_sid": job.message_sid, "media_index": index})
                 last = _InternalError(exc)
             if attempt < self.item_attempts:
-                await trio.sleep(self.item_backoff_s * 2 ** (attempt - 1))
+                async with waiting_elsewhere():  # backing off is not work: unpaced
+                    await trio.sleep(self.item_backoff_s * 2 ** (attempt - 1))
         assert last is not None
         if job.attempts < self.job_max_attempts:
             self._log_failure(job, index, last, final=False)

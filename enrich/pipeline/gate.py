@@ -33,9 +33,11 @@ _CURRENT: ContextVar[JobGate | None] = ContextVar("enrich_job_gate", default=Non
 class JobGate:
     """One job's hold on the paced limiter.
 
-    The token is given back when the job's first wait elsewhere starts and taken again
-    when its last one ends: a message's media items run side by side, and one item's
-    download must not hand back a token that another item's decoding is using.
+    A message's media items run side by side, as branches of one job. Any branch's wait
+    gives the token back, and it is taken again when the last wait ends. Meanwhile the
+    siblings' local work (decoding, parsing) goes unpaced: that is bounded by the items of
+    one message (Twilio sends at most 10) and by the decode limiter, and counting working
+    branches instead would need every fan-out to register its tasks.
     """
 
     def __init__(self, limiter: trio.CapacityLimiter) -> None:
@@ -77,15 +79,17 @@ class JobGate:
     @asynccontextmanager
     async def waiting_elsewhere(self) -> AsyncIterator[None]:
         self._waits += 1
-        if self._waits == 1:
-            self.give_back()
+        # Every time, not only on the first wait: a sibling may have taken the token
+        # again between two waits (idempotent when it is not held).
+        self.give_back()
         try:
             yield
         finally:
             self._waits -= 1
             if self._waits == 0:
                 # Also after a failure: what the job does next (a retry, its failure
-                # record) is work here again.
+                # record) is work here again. If this is cancelled the job goes on only
+                # to unwind (no caller puts a deadline around a wait and carries on).
                 await self.take()
 
 

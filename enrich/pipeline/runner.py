@@ -298,6 +298,12 @@ class JobRunner:
             except Exception as exc:
                 log.warning("claim failed", extra={"error": type(exc).__name__})
                 claimed = []
+            except BaseException:
+                # Cancelled mid-claim (a restart of this runner, shutdown): the slots and
+                # gate tokens go back, or a runner run() again would start short of them
+                # (paced to one, for good). Rows leased meanwhile come back by lease.
+                self._give_back(batch)
+                raise
             by_id = {job.id: job for job in claimed}
             for message_id, gate in batch:
                 job = by_id.get(message_id)

@@ -355,19 +355,23 @@ class GoogleEngine:
         return Transcript(" ".join(texts), self.name, _seconds(pcm))
 
     async def _recognize(self, audio: GoogleAudio) -> str:
+        # Queued for a SPEECH_POOL_MAX slot, waiting on the service, backing off between
+        # attempts: the job is not paced meanwhile (enrich.pipeline.gate). One wait around
+        # all attempts, so that the breaker's bookkeeping never waits for a pacing token.
+        async with waiting_elsewhere():
+            return await self._recognize_with_retries(audio)
+
+    async def _recognize_with_retries(self, audio: GoogleAudio) -> str:
         for attempt in range(1, self.attempts + 1):
             timeout = self._call_timeout()
             permit = self.breaker.allow()
             if permit is None:
                 raise SpeechUnavailable("speech breaker open")
             try:
-                # Queued for a SPEECH_POOL_MAX slot, then waiting on the service: the job
-                # is not paced meanwhile (enrich.pipeline.gate).
-                async with waiting_elsewhere():
-                    text = await trio.to_thread.run_sync(
-                        partial(self._call, audio, timeout), limiter=self.limiter,
-                        abandon_on_cancel=True,
-                    )
+                text = await trio.to_thread.run_sync(
+                    partial(self._call, audio, timeout), limiter=self.limiter,
+                    abandon_on_cancel=True,
+                )
             except trio.Cancelled:
                 self.breaker.record_abandoned(permit)
                 raise

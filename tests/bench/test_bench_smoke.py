@@ -204,9 +204,10 @@ def test_e2e_quick_run_processes_everything_and_reports_the_judged_ratio() -> No
     assert db["statuses"] == {"done": 60} and db["replies"] == {"confirmation": 60}
     assert db["mix"]["voice"] == db["voice_notes"]["count"] > 0
     assert 0 < db["mix"]["voice"] + db["mix"]["image"] < 60
-    judged = [r for r in (result["overall_ratio"], result["speech_stage_ratio"]) if r]
-    assert judged and result["judged_ratio"] == min(judged)
-    assert result["passed"] == (result["judged_ratio"] >= 0.9)
+    # 60 messages at 60/s: the push rate, not a stage, bounds the whole run.
+    assert result["littles_law_for_the_mix_sent"]["bound_per_s"] > 60
+    assert 0 < result["overall_ratio"] <= 1.0
+    assert result["speech_stage_ratio"] is not None
     assert "judged" in format_result(result)
 
 

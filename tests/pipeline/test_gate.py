@@ -127,21 +127,63 @@ async def test_bind_is_per_task() -> None:
     limiter = trio.CapacityLimiter(2)
     gate = JobGate(limiter)
     await gate.take()
+    bound = trio.Event()
+    checked = trio.Event()
 
     async def bound_job() -> None:
         bind(gate)
+        bound.set()
+        await checked.wait()  # still bound while the sibling looks
         async with waiting_elsewhere():
             assert not gate.held
 
     async def unrelated_task() -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        async with waiting_elsewhere():  # not a job: does nothing to gate
+        await bound.wait()
+        async with waiting_elsewhere():  # a sibling, not the job: leaves gate alone
             assert gate.held
+        checked.set()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(unrelated_task)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(bound_job)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bound_job)
+            nursery.start_soon(unrelated_task)
     assert gate.held
-    async with waiting_elsewhere():  # bind in a child task did not leak here
+    async with waiting_elsewhere():  # bind in a child task did not leak to its parent
         assert gate.held
+
+
+async def test_a_token_taken_again_between_two_waits_goes_back_on_the_next() -> None:
+    """Item A's answer comes while another job holds the token, so A waits to take it
+    again; meanwhile item B starts waiting. When A gets the token and starts a second
+    remote call, the token must go back: both branches of the job wait elsewhere."""
+    limiter = trio.CapacityLimiter(1)
+    gate = JobGate(limiter)
+    await gate.take()
+    bind(gate)
+    other_job = JobGate(limiter)
+    a_answer, both_answers = trio.Event(), trio.Event()
+
+    async def item_a() -> None:
+        async with waiting_elsewhere():
+            await a_answer.wait()
+        async with waiting_elsewhere():  # a second call (the next chunk of a note)
+            await both_answers.wait()
+
+    async def item_b() -> None:
+        async with waiting_elsewhere():
+            await both_answers.wait()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(item_a)
+            await trio.testing.wait_all_tasks_blocked()
+            other_job.take_nowait()  # another job works: A cannot take the token back
+            a_answer.set()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(item_b)
+            await trio.testing.wait_all_tasks_blocked()
+            other_job.give_back()  # A takes it, then starts its second call
+            await trio.testing.wait_all_tasks_blocked()
+            assert not gate.held and limiter.borrowed_tokens == 0  # both wait
+            both_answers.set()
+    assert gate.held and limiter.borrowed_tokens == 1
