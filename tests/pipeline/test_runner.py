@@ -456,3 +456,48 @@ async def test_a_failing_probe_and_a_restart_do_not_stop_the_runner(
             nursery.cancel_scope.cancel()
     finally:
         await pool.close()
+
+
+async def test_a_runner_cancelled_mid_claim_gives_its_slots_back_and_runs_again(
+    apps: Apps, http: httpx.AsyncClient
+) -> None:
+    """The supervisor cancels and restarts a runner whose claim is stuck (here: another
+    session holds the table). The batch's processing slots and gate tokens go back, so
+    the runner run() again still has all of them, and it processes the message."""
+    import psycopg
+
+    web = await apps.start(role="web")
+    await web.link()
+    db = web.database_url
+    sid = await web.post_new(http, "Met Ana Lee in Boston")
+    settings = apps.settings(PROCESSING_CONCURRENCY="2", RECOVERY_INTERVAL_SECONDS="0.1")
+    pool = runner_pool(settings)
+    locker = await trio.to_thread.run_sync(psycopg.connect, db)
+    try:
+        runner = JobRunner(settings, pool, Processor(), Metrics())
+
+        async def claiming() -> bool:
+            return runner.claim_rounds >= 1
+
+        # EXCLUSIVE lets the poller's SELECT through and holds the claim's UPDATE.
+        await trio.to_thread.run_sync(
+            locker.execute, "LOCK TABLE inbound_messages IN EXCLUSIVE MODE")
+        with trio.fail_after(10):
+            with trio.CancelScope() as first_run:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(runner.run)
+                    await wait_until(claiming)
+                    await trio.sleep(0.2)  # the claim is waiting on the lock
+                    assert runner.limiter.borrowed_tokens == runner.gate.borrowed_tokens == 1
+                    first_run.cancel()
+        await trio.to_thread.run_sync(locker.rollback)
+        assert runner.limiter.borrowed_tokens == runner.gate.borrowed_tokens == 0
+        async with trio.open_nursery() as nursery:  # keep_running starts it again
+            await nursery.start(runner.run)
+            await wait_for_status(db, [sid], "done")
+            nursery.cancel_scope.cancel()
+        assert runner.limiter.borrowed_tokens == runner.gate.borrowed_tokens == 0
+    finally:
+        await trio.to_thread.run_sync(locker.rollback)
+        await trio.to_thread.run_sync(locker.close)
+        await pool.close()
