@@ -282,8 +282,7 @@ class JobRunner:
                     gate.take_nowait()
                     batch.append((self._recv.receive_nowait(), gate))
                 except (trio.WouldBlock, trio.EndOfChannel):
-                    gate.give_back()
-                    self.limiter.release_on_behalf_of(gate)
+                    self._release(gate)
                     break
             self._maybe_refill()
             if not self._accepting:
@@ -319,10 +318,14 @@ class JobRunner:
             self._refill = False
             self.poke()
 
+    def _release(self, gate: JobGate) -> None:
+        """A job's processing slot and, if it holds one, its gate token."""
+        gate.give_back()
+        self.limiter.release_on_behalf_of(gate)
+
     def _give_back(self, batch: list[tuple[int, JobGate]]) -> None:
         for message_id, gate in batch:
-            gate.give_back()
-            self.limiter.release_on_behalf_of(gate)
+            self._release(gate)
             self._queued.discard(message_id)
 
     async def drain(self, grace_s: float) -> None:
@@ -358,8 +361,7 @@ class JobRunner:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
-            gate.give_back()
-            self.limiter.release_on_behalf_of(gate)
+            self._release(gate)
             self._queued.discard(job.id)
             latency = None
             if outcome == "done":
