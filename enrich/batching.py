@@ -87,8 +87,12 @@ class Batcher(Generic[In, Out]):
         """``submit`` with the caller's whole wait, queue included, bounded by ``timeout``
         (``trio.TooSlowError``). ``submit`` alone bounds only the batch the caller is
         in and leaves its wait in the queue to the caller's own deadline."""
-        with trio.fail_after(self.timeout):
+        # A bare CancelScope, not trio.fail_after: the same deadline without the
+        # generator-based context manager, on a path every webhook takes.
+        with trio.CancelScope(relative_deadline=self.timeout) as scope:
             return await self.submit(item)
+        assert scope.cancelled_caught
+        raise trio.TooSlowError
 
     async def submit(self, item: In) -> Out:
         slot: _Slot[In, Out] = _Slot(item)
@@ -150,12 +154,15 @@ class Batcher(Generic[In, Out]):
         # leader is the oldest caller in its batch; the others keep their own deadlines
         # while they wait.
         deadline = min(trio.current_time() + self.timeout, trio.current_effective_deadline())
-        with trio.CancelScope(shield=True):
+        # One scope is both the shield and the deadline (a shield blocks only outer
+        # cancellation, never the scope's own deadline).
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
             try:
-                with trio.fail_at(deadline):
-                    results = await self._run_batch(items)
+                results = await self._run_batch(items)
             except Exception as exc:
                 return [outcome.Error(own_copy(exc)) for _ in items]
+        if scope.cancelled_caught:
+            return [outcome.Error(trio.TooSlowError()) for _ in items]
         if len(results) != len(items):
             message = f"batch of {len(items)} got {len(results)} answers"
             return [outcome.Error(RuntimeError(message)) for _ in items]

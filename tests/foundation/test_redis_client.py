@@ -161,3 +161,34 @@ async def test_pipeline_deadline_drops_the_connection(redis_url: str) -> None:
     assert client.stats()["total"] == 0  # replies were in flight: not reused
     assert await client.execute("PING") == "PONG"
     await client.close()
+
+
+async def test_a_pipeline_larger_than_the_socket_buffers_is_sent_whole(redis_url: str) -> None:
+    """Several MB in one write: the socket takes it in parts, the client waits for room
+    between them (a plain socket is written through its descriptor), and every reply
+    comes back in order."""
+    client = RedisClient(redis_url, min_size=0, max_size=1)
+    value = "v" * 4096
+    commands = [("SET", f"big:{i}", value) for i in range(1500)]  # ~6 MB
+    assert await client.execute_many(commands) == ["OK"] * 1500
+    assert await client.execute("STRLEN", "big:1499") == 4096
+    assert client.stats()["total"] == 1  # still in step, reused
+    await client.close()
+
+
+async def test_a_server_hanging_up_mid_call_raises_unavailable(nursery: trio.Nursery) -> None:
+    """The reply never comes because the peer closed: a clear RedisUnavailable, the
+    connection dropped, the pool's token given back."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+
+    async def read_then_hang_up(stream: trio.SocketStream) -> None:
+        await stream.receive_some(1024)
+        await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, read_then_hang_up, [listener])
+    client = RedisClient(f"redis://127.0.0.1:{port}/0", min_size=0, max_size=1, timeout=2)
+    with pytest.raises(RedisUnavailable, match="closed the connection"):
+        await client.execute("PING")
+    assert client.stats()["total"] == 0 and client.stats()["inUse"] == 0
+    nursery.cancel_scope.cancel()

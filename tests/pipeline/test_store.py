@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 
 import psycopg
 import pytest
@@ -224,27 +225,38 @@ async def test_concurrent_owner_lookups_share_statements(
 async def test_failed_owner_lookups_fail_each_caller_and_cache_nothing(
     database_url: str, redis_url: str
 ) -> None:
-    """PostgreSQL unreachable (nothing listens on the port): every caller of a shared
-    lookup gets its own error, promptly, and nothing is cached, so the next message
-    asks again."""
+    """PostgreSQL unreachable (a server that hangs up on every connection): every
+    caller of a shared lookup gets its own error, promptly, and nothing is cached, so
+    the next message asks again."""
     settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "t", "DATABASE_URL": database_url,
                                   "REDIS_URL": redis_url})
-    pool = ConnectionPool("postgresql://enrich@127.0.0.1:1/enrich", min_size=0, max_size=2,
-                          connect_timeout=2)
-    redis = RedisClient(redis_url)
-    ingest = Ingest(settings, pool, redis)
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await stream.aclose()
+
     errors: list[BaseException] = []
-
-    async def look(phone: str) -> None:
-        try:
-            await ingest.owner(phone)
-        except psycopg.OperationalError as exc:
-            errors.append(exc)
-
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            for i in range(6):
-                nursery.start_soon(look, f"+1555444{i:04d}")
+        async with trio.open_nursery() as server:
+            listeners = await server.start(
+                partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            # The hang-up comes after a wait, so the callers that arrive meanwhile queue
+            # behind the busy lanes and fail together, in a shared batch.
+            pool = ConnectionPool(f"postgresql://enrich@127.0.0.1:{port}/enrich",
+                                  min_size=0, max_size=2, connect_timeout=2)
+            redis = RedisClient(redis_url)
+            ingest = Ingest(settings, pool, redis)
+
+            async def look(phone: str) -> None:
+                try:
+                    await ingest.owner(phone)
+                except psycopg.OperationalError as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(look, f"+1555444{i:04d}")
+            server.cancel_scope.cancel()
     assert len(errors) == 6 and len({id(e) for e in errors}) == 6
     assert ingest.lookups.stats()["largestBatch"] > 1  # a shared lookup failed
     assert ingest.phone_cache.stats().size == 0
