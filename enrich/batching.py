@@ -177,6 +177,10 @@ class Batcher(Generic[In, Out]):
         else:
             self._busy -= 1
 
+    def reset_stats(self) -> None:
+        """Zero the counters (``/api/sms/performance/reset``); the queue is untouched."""
+        self.batches = self.items = self.largest = 0
+
     def stats(self) -> dict[str, float]:
         return {
             "batches": self.batches,

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 import trio
 from cachetools import TTLCache
 
+from enrich.batching import own_copy
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -60,7 +62,7 @@ class _Flight:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: Any = _MISSING
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
 
 
 class AsyncTTLCache(Generic[K, V]):
@@ -94,7 +96,9 @@ class AsyncTTLCache(Generic[K, V]):
         if flight is not None:
             await flight.done.wait()
             if flight.error is not None:
-                raise flight.error
+                # Each waiter raises its own copy (caused by the loader's error): one
+                # exception object raised in several tasks would gather all their frames.
+                raise own_copy(flight.error)
             return flight.value  # type: ignore[no-any-return]
         flight = _Flight()
         self._flights[key] = flight

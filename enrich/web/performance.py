@@ -172,6 +172,8 @@ async def reset() -> Any:
     state = get_state(current_app)
     state.metrics.reset()
     state.services.db.reset_counters()
+    for batcher in (state.ingest.inserts, state.ingest.lookups, state.ingest.limiter.batcher):
+        batcher.reset_stats()
     for c in state.caches().values():
         c.reset_stats()
     return {"success": True, "data": {"reset": True}}

@@ -321,6 +321,27 @@ def test_sweep_reports_the_ceiling_beside_the_best_step_and_judges_strictly() ->
     assert judged_fraction({}) is None
 
 
+def test_sweep_bisects_to_25_per_second_between_the_last_pass_and_the_miss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up the grid to the first miss, then three bisections: 800 passes and 1000 misses,
+    so 900, 850 and 825 are tried and the best is found within 25/s."""
+    import bench.sweep as sweep_module
+    from bench.serve import ServeOptions
+
+    tried: list[float] = []
+
+    def fake_step(options: object, rate: float, *args: object) -> dict[str, object]:
+        tried.append(rate)
+        return {"rate": rate, "ok": rate <= 830}
+
+    monkeypatch.setattr(sweep_module, "step", fake_step)
+    grid = [100.0, 400.0, 600.0, 800.0, 1000.0]
+    result = sweep_module.sweep(ServeOptions(), grid, seconds=1, p99_ms=100)
+    assert tried == [100.0, 400.0, 600.0, 800.0, 1000.0, 900, 850, 825]
+    assert (result["best_rate"], result["first_miss"]) == (825, 850)
+
+
 def test_every_run_of_a_step_measures_its_own_ceiling() -> None:
     from bench.sweep import confirmed, with_ceiling
 

@@ -90,6 +90,11 @@ async def test_a_failed_load_reaches_every_waiter_and_is_not_cached() -> None:
         gate.set()
     assert len(errors) == 5
     assert cache.stats().size == 0
+    # One loader error; each waiter raised its own copy of it, with its own traceback.
+    assert len({id(e) for e in errors}) == 5
+    assert all(str(e) == "db down" for e in errors)
+    loader_error = next(e for e in errors if e.__cause__ is None)
+    assert all(e.__cause__ is loader_error for e in errors if e is not loader_error)
 
 
 async def test_invalidate_during_a_load_keeps_the_stale_value_out() -> None:

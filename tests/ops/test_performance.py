@@ -101,10 +101,17 @@ async def test_shapes_of_stats_cache_database_connections(
                      "processing", "processingPaced"):
             assert pools[name] is not None
             assert {"total", "available", "inUse", "waiting"} <= set(pools[name]), name
+        batching = stats["pipeline"]["batching"]
+        assert batching["ownerLookups"]["batches"] >= 1  # the cache miss above
         # reset and clear
         assert (await c.post("/api/sms/performance/reset")).status_code == 200
         cache = (await c.get("/api/sms/performance/cache")).json()["data"]
         assert cache["metrics"]["cacheHits"] == 0
+        batching = (await c.get("/api/sms/performance/stats")).json()["data"]["pipeline"][
+            "batching"]
+        for name, counters in batching.items():
+            assert (counters["batches"], counters["items"], counters["largestBatch"]) == (
+                0, 0, 0), name
         assert (await c.delete("/api/sms/performance/cache")).status_code == 200
         cache = (await c.get("/api/sms/performance/cache")).json()["data"]
         assert cache["phoneNumberCache"]["size"] == 0
