@@ -115,8 +115,8 @@ class _Connection:
         if self._fd is None:
             return await self.stream.receive_some(READ_SIZE)
         while True:
-            # Always wait first: the reply cannot be there yet, and the wait is this
-            # call's checkpoint (where a deadline or cancellation lands).
+            # Always wait first: the reply cannot be there yet. (A cancellation that
+            # lands here comes after the command was sent: the connection is dropped.)
             await trio.lowlevel.wait_readable(self._fd)
             try:
                 return os.read(self._fd, READ_SIZE)
@@ -124,6 +124,7 @@ class _Connection:
                 continue
 
     async def aclose(self) -> None:
+        self._fd = None  # the number may be reused by another socket once closed
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
 
@@ -211,7 +212,10 @@ class RedisClient:
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
         # acquire_nowait first: a free token costs no trip through the scheduler (the
-        # call that follows waits for its reply anyway, which is its checkpoint).
+        # call that follows waits for its reply anyway). A caller already cancelled
+        # must still stop here, before its command is sent: checkpoint_if_cancelled
+        # raises then, and costs no yield otherwise.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self.limiter.acquire_nowait()
         except trio.WouldBlock:

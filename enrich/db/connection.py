@@ -122,6 +122,8 @@ class _ConnectionLock:
         self._lock = trio.Lock()
 
     async def __aenter__(self) -> None:
+        # A caller already cancelled stops here, before psycopg sends its statement.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self._lock.acquire_nowait()
         except trio.WouldBlock:

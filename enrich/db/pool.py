@@ -122,9 +122,10 @@ class ConnectionPool:
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         wait = self.acquire_timeout if timeout is None else timeout
+        # A free slot is taken without a yield (the statement that follows waits for the
+        # server anyway); a borrower already cancelled stops here, before any statement.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            # A free slot is taken without a yield: the statement that follows waits
-            # for the server, and that wait is the borrower's checkpoint.
             self.limiter.acquire_nowait()
         except trio.WouldBlock:
             await self._acquire_within(wait)

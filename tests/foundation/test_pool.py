@@ -7,9 +7,12 @@ query ends, and the connection is reusable or replaced.
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 import trio
+from psycopg import sql
 
 from enrich.db.pool import ConnectionPool, PoolTimeout
 
@@ -31,6 +34,27 @@ async def test_query_and_stats(pool: ConnectionPool) -> None:
         assert pool.stats().inUse == 1
     stats = pool.stats()
     assert (stats.inUse, stats.waiting, stats.total, stats.max) == (0, 0, 1, 3)
+
+
+async def test_an_already_cancelled_borrower_runs_no_statement(pool: ConnectionPool) -> None:
+    """A free slot and the connection's lock are taken without a yield, but a borrower
+    cancelled before it asks must not have its statement run."""
+    table = sql.Identifier(f"cancelled_probe_{uuid.uuid4().hex[:12]}")
+    async with pool.connection() as conn:
+        await conn.execute(sql.SQL("CREATE TABLE {} (n int)").format(table))
+    try:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with pool.connection() as conn:
+                await conn.execute(sql.SQL("INSERT INTO {} VALUES (1)").format(table))
+        assert scope.cancelled_caught
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+            assert (await cur.fetchone()) == (0,)
+        assert pool.stats().inUse == 0
+    finally:
+        async with pool.connection() as conn:
+            await conn.execute(sql.SQL("DROP TABLE {}").format(table))
 
 
 async def test_deadline_interrupts_a_slow_query_and_connection_is_reusable(

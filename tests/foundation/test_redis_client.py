@@ -83,6 +83,21 @@ async def test_outer_cancellation_drops_the_connection(redis_url: str) -> None:
     await client.close()
 
 
+async def test_an_already_cancelled_caller_sends_nothing(redis_url: str) -> None:
+    """A free token is taken without a yield, but a caller cancelled before it calls
+    must not have its command run (the reply wait would come too late to stop it)."""
+    client = RedisClient(redis_url, min_size=1, max_size=1)
+    await client.open()  # an idle connection is ready: nothing else would yield first
+    await client.execute("DEL", "cancelled:n")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await client.execute("INCR", "cancelled:n")
+    assert scope.cancelled_caught
+    assert await client.execute("GET", "cancelled:n") is None
+    assert client.stats()["inUse"] == 0 and client.stats()["total"] == 1  # kept, in step
+    await client.close()
+
+
 async def test_silent_server_raises_unavailable_at_the_deadline(nursery: trio.Nursery) -> None:
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
