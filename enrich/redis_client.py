@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
+from enrich.nowait import acquired_now
 from enrich.resp import NEED_DATA, RespError, RespParser, encode_command
 
 READ_SIZE = 65536
@@ -211,14 +212,7 @@ class RedisClient:
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
-        # acquire_nowait first: a free token costs no trip through the scheduler (the
-        # call that follows waits for its reply anyway). A caller already cancelled
-        # must still stop here, before its command is sent: checkpoint_if_cancelled
-        # raises then, and costs no yield otherwise.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.limiter.acquire_nowait()
-        except trio.WouldBlock:
+        if not await acquired_now(self.limiter):
             await self.limiter.acquire()
         try:
             conn = self._idle.pop() if self._idle else await self._connect()

@@ -36,6 +36,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import AsyncRowFactory, Row, TupleRow
 from psycopg.waiting import Ready, Wait
 
+from enrich.nowait import acquired_now
+
 log = logging.getLogger(__name__)
 
 RV = TypeVar("RV")
@@ -112,7 +114,7 @@ class _ConnectionLock:
 
     ``trio.Lock`` yields to the scheduler on every acquire, free or not. A pooled
     connection has one borrower, so its lock is nearly always free, and the statement
-    that follows waits for the server anyway (that wait is the checkpoint): the yield
+    that follows waits for the server anyway (see enrich.nowait): the yield
     would only cost a task switch per statement on the CPU-bound webhook process.
     """
 
@@ -122,11 +124,7 @@ class _ConnectionLock:
         self._lock = trio.Lock()
 
     async def __aenter__(self) -> None:
-        # A caller already cancelled stops here, before psycopg sends its statement.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
+        if not await acquired_now(self._lock):
             await self._lock.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -23,6 +23,7 @@ import trio
 from psycopg import pq
 
 from enrich.db.connection import TrioConnection
+from enrich.nowait import acquired_now
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,7 @@ class ConnectionPool:
         if self._closed:
             raise RuntimeError("the connection pool is closed")
         wait = self.acquire_timeout if timeout is None else timeout
-        # A free slot is taken without a yield (the statement that follows waits for the
-        # server anyway); a borrower already cancelled stops here, before any statement.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.limiter.acquire_nowait()
-        except trio.WouldBlock:
+        if not await acquired_now(self.limiter):
             await self._acquire_within(wait)
         conn: TrioConnection[Any] | None = None
         started = time.perf_counter()
