@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from enrich.core.phone import mask_phone
 from enrich.extraction import Extractor, ItemRow, default_extractor, summarize, to_rows
+from enrich.pipeline.gate import working_here
 from enrich.store import ItemInsert, Job
 
 NOTHING_FOUND = "Got your message, but found nothing to save from it."
@@ -54,6 +55,13 @@ class Processor:
         self.before_store = before_store
 
     async def process(self, job: Job) -> Result:
+        # Media first: downloads and Speech calls are the pipeline's slow stages, and a job
+        # starts without a pacing token (enrich.pipeline.gate), so its media join their
+        # queues at once; the text is extracted here afterwards, under a token.
+        outcomes: Sequence[MediaOutcome] = ()
+        if job.media and self.media is not None:
+            outcomes = await self.media.handle(job)
+        await working_here()
         base_meta = {"messageSid": job.message_sid, "from": mask_phone(job.from_number)}
         rows: list[tuple[ItemRow, dict[str, Any]]] = []
         if job.body.strip():
@@ -61,7 +69,7 @@ class Processor:
                 rows.append((row, {"origin": "body"}))
         problems: list[str] = []
         if job.media and self.media is not None:
-            for outcome in await self.media.handle(job):
+            for outcome in outcomes:
                 for row in outcome.rows:
                     rows.append((row, {"origin": "media", "mediaIndex": outcome.index,
                                        **outcome.metadata}))
