@@ -61,7 +61,7 @@ async def listen(
         first = True
         while not stop.is_set():
             client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
             try:
                 pubsub.subscribe(CHANNEL)
                 if not first:

@@ -8,22 +8,13 @@ Measured in ``bench.e2e --split --pin`` while webhooks arrived at 200/s: with ev
 paced end to end, the Speech slots averaged 2-9 of 10 busy and the pipeline reached 82-90 %
 of its bound; with pacing off, 104 %, for an ack p99 of 15 ms instead of 12.
 
-So the runner's paced limiter is a *gate* on work done here. Each job holds at most one
-token of it through a ``JobGate``, and code that waits on a remote service wraps the wait
-in ``waiting_elsewhere()``: the job gives its token back for the span of the wait and takes
+So the runner's paced limiter is a *gate* on work done here. Each job holds one token of
+it through a ``JobGate``, and code that waits on a remote service wraps the wait in
+``waiting_elsewhere()``: the job gives its token back for the span of the wait and takes
 one again (waiting, if pacing is holding work back) before it goes on. How many jobs exist
 at once stays bounded by PROCESSING_CONCURRENCY, whatever they wait on.
 
-A job starts *without* a token and takes one with ``working_here()`` before its first work
-here. The processor starts a message's downloads first, so a voice note reaches the
-download queue, and then the Speech queue, without queueing for a token on the way in.
-Measured in the same bench at a 200/s push, alternated (bench/RESULTS.md): with the token
-taken at dispatch, a gate paced down to 1-4 tokens let only 7-51 jobs exist during the push
-and the Speech slots ran 3-8 of 10 busy (judged 76-89 %); taking it at the first local work,
-the Speech slots stayed 9.8 of 10 busy from the first second.
-
-Outside a job (tests, the CLI tools) ``waiting_elsewhere()`` and ``working_here()`` do
-nothing.
+Outside a job (tests, the CLI tools) ``waiting_elsewhere()`` does nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ from contextvars import ContextVar
 
 import trio
 
-__all__ = ["JobGate", "bind", "waiting_elsewhere", "working_here"]
+__all__ = ["JobGate", "bind", "waiting_elsewhere"]
 
 _CURRENT: ContextVar[JobGate | None] = ContextVar("enrich_job_gate", default=None)
 
@@ -116,14 +107,3 @@ async def waiting_elsewhere() -> AsyncIterator[None]:
         return
     async with gate.waiting_elsewhere():
         yield
-
-
-async def working_here() -> None:
-    """Take the current job's token, if it does not hold it, before work on this machine.
-
-    Idempotent: after a wait elsewhere the job holds it again already. Outside a job it
-    does nothing.
-    """
-    gate = _CURRENT.get()
-    if gate is not None:
-        await gate.take()

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 from enrich.core.phone import mask_phone
 from enrich.extraction import Extractor, ItemRow, default_extractor, summarize, to_rows
-from enrich.pipeline.gate import working_here
 from enrich.store import ItemInsert, Job
 
 NOTHING_FOUND = "Got your message, but found nothing to save from it."
@@ -55,13 +54,14 @@ class Processor:
         self.before_store = before_store
 
     async def process(self, job: Job) -> Result:
-        # Media first: downloads and Speech calls are the pipeline's slow stages, and a job
-        # starts without a pacing token (enrich.pipeline.gate), so its media join their
-        # queues at once; the text is extracted here afterwards, under a token.
+        # Media first. Downloads and Speech calls are the pipeline's slow stages, and their
+        # waits give the job's pacing token back (enrich.pipeline.gate): started first,
+        # they hold the token only for the claim, so a paced-down gate still feeds them.
+        # Extracting the text first kept the token through that CPU work, and while
+        # webhooks arrived the Speech slots ran 3-8 of 10 busy (bench/RESULTS.md).
         outcomes: Sequence[MediaOutcome] = ()
         if job.media and self.media is not None:
             outcomes = await self.media.handle(job)
-        await working_here()
         base_meta = {"messageSid": job.message_sid, "from": mask_phone(job.from_number)}
         rows: list[tuple[ItemRow, dict[str, Any]]] = []
         if job.body.strip():

@@ -14,9 +14,9 @@ Shape:
   coalesce into one more poll, and polls are at least POLL_MIN_GAP_S apart, so a flood of
   notifications costs at most one query per gap;
 * the **dispatcher** takes one hint at a time, waits for a slot of the
-  PROCESSING_CONCURRENCY limiter (backpressure), and claims the row with a lease
-  (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim starts a job. It takes no
-  token of the paced gate: the job takes one when it first works here;
+  PROCESSING_CONCURRENCY limiter (backpressure) and a token of the paced gate, and claims
+  the row with a lease (UPDATE ... FOR UPDATE SKIP LOCKED). Only a successful claim
+  starts a job;
 * a **job** processes the message while a heartbeat extends its lease, then writes
   items + done + confirmation in one transaction guarded by the lease. Recoverable
   failures go back with exponential backoff; after JOB_MAX_ATTEMPTS, or at once for
@@ -26,10 +26,9 @@ Acks first (``enrich.core.pacing``): how many jobs may work on this machine at o
 follows a pacing signal, so jobs never make Twilio wait. In role ``all`` the signal is this
 event loop's lag (PROCESSING_TARGET_LAG_MS); a ``--role worker`` process follows the ack
 pressure the web processes publish through Redis (``enrich.pipeline.pressure``,
-PROCESSING_TARGET_ACK_MS). The paced limiter is a gate on work done here: a job holds a
-token only while it works on this machine, not while it waits on a download or a Speech
-call (``enrich.pipeline.gate``), and it starts with its downloads, so pacing never leaves
-the remote stages idle. While paused, no job starts but one per PAUSE_TRICKLE_S.
+PROCESSING_TARGET_ACK_MS). The paced limiter is a gate on work done here: a job gives its
+token back while it waits on a download or a Speech call (``enrich.pipeline.gate``), so
+pacing never leaves the remote stages idle.
 
 Shutdown (``drain``): stop taking hints, give running jobs the grace period, then cancel
 the rest; a cancelled job hands its message back at once, so the next start (or another
@@ -53,7 +52,7 @@ from enrich.core.phone import mask_phone
 from enrich.db.pool import ConnectionPool
 from enrich.metrics import Metrics
 from enrich.pipeline.errors import ProcessingError
-from enrich.pipeline.gate import JobGate, bind, working_here
+from enrich.pipeline.gate import JobGate, bind
 from enrich.pipeline.process import Processor
 from enrich.store import (
     Job,
@@ -268,19 +267,19 @@ class JobRunner:
             batch = [(first, gate)]
             await self._unpaused.wait()
             await self.limiter.acquire_on_behalf_of(gate)
-            # No gate token yet: a job takes one when it first works here (see
-            # enrich.pipeline.gate), and a message with media starts by waiting elsewhere.
-            # While pacing has paused the runner, the trickle admits this one job only.
-            trickle = self.pacing.limit == 0
-            if trickle:
-                self._unpaused = trio.Event()
-            while len(batch) < CLAIM_BATCH and not trickle:
+            try:
+                await gate.take()
+            except BaseException:
+                self._give_back(batch)
+                raise
+            while len(batch) < CLAIM_BATCH:
                 gate = JobGate(self.gate)
                 try:
                     self.limiter.acquire_on_behalf_of_nowait(gate)
                 except trio.WouldBlock:
                     break
                 try:
+                    gate.take_nowait()
                     batch.append((self._recv.receive_nowait(), gate))
                 except (trio.WouldBlock, trio.EndOfChannel):
                     self._release(gate)
@@ -385,7 +384,6 @@ class JobRunner:
         max_attempts = self.settings.job_max_attempts
         if job.attempts > max_attempts:
             # Claimed more often than allowed: earlier attempts died mid-way (crashes).
-            await working_here()
             await fail_message(
                 self.db, job, self.owner, f"gave up after {job.attempts - 1} attempts",
                 ("failure", FAILURE_TEXT),
@@ -411,7 +409,6 @@ class JobRunner:
                 log.warning("lease lost; another worker owns the message",
                             extra={"message_sid": job.message_sid})
                 return "lease_lost"
-            await working_here()  # held since the processor's work, unless it failed first
             if error is not None or result is None:
                 outcome = await self._failed(job, error or RuntimeError("no result"))
                 settled = True

@@ -330,36 +330,6 @@ async def test_paced_to_one_job_the_remote_stages_still_overlap(mms: Mms) -> Non
     assert len(mms.speech.calls) == 3
 
 
-# Pacing off, so that the test holds the gate where a congested machine would.
-@pytest.mark.parametrize("mms_env", [{"PROCESSING_TARGET_LAG_MS": "0"}])
-async def test_a_job_fetches_its_media_while_every_gate_token_is_held(mms: Mms) -> None:
-    """A job takes a pacing token when it first works here, not when it is dispatched:
-    with every token held (as by jobs busy on this machine), a new MMS is still claimed
-    and its photo downloaded; only the work after the download waits for a token."""
-    state = get_state(mms.app)
-    runner = state.runner
-    assert runner is not None
-    runner.gate.total_tokens = 1
-    busy = object()
-    await runner.gate.acquire_on_behalf_of(busy)
-    try:
-        photo = mms.media("photo.jpg", "image/jpeg")
-        sid, _ = await mms.send("Met Ana Lee at the expo", [photo])
-        with trio.fail_after(10):
-            while not [r for r in mms.fake.requests if r.origin == "cdn"]:
-                await trio.sleep(0.01)
-            while state.pool_stats()["mediaDownloads"]["inUse"]:
-                await trio.sleep(0.01)
-        await trio.sleep(0.2)
-        assert (await trio.to_thread.run_sync(mms._message_row, sid) or {}).get(
-            "status") == "processing"
-        assert runner.gate.statistics().tasks_waiting == 1
-    finally:
-        runner.gate.release_on_behalf_of(busy)
-    assert (await mms.wait_settled(sid))["status"] == "done"
-    assert any(item[0] == "media" for item in mms.items(sid))
-
-
 @pytest.mark.parametrize("mms_env", [{"STT_ENGINE": "none"}])
 async def test_without_speech_engine_notes_are_kept_untranscribed(mms: Mms) -> None:
     assert get_state(mms.app).extras["speech_engine"] == "none"

@@ -3,11 +3,16 @@ gives it back while it waits on another machine."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import trio
 import trio.testing
 
+from enrich.extraction import Extraction, default_extractor
 from enrich.pipeline.gate import JobGate, bind, waiting_elsewhere
+from enrich.pipeline.process import MediaOutcome, Processor
+from enrich.store import Job
 
 
 async def test_outside_a_job_waiting_elsewhere_does_nothing() -> None:
@@ -187,3 +192,34 @@ async def test_a_token_taken_again_between_two_waits_goes_back_on_the_next() -> 
             assert not gate.held and limiter.borrowed_tokens == 0  # both wait
             both_answers.set()
     assert gate.held and limiter.borrowed_tokens == 1
+
+
+async def test_a_job_gives_its_token_back_for_its_media_before_any_text_work() -> None:
+    """The processor starts a message's media before it extracts the text, so a job
+    dispatched with the gate's only token hands it back at its first wait (another job
+    can work here meanwhile), and the text is extracted afterwards, under the token."""
+    limiter = trio.CapacityLimiter(1)
+    gate = JobGate(limiter)
+    gate.take_nowait()
+    bind(gate)
+    events: list[tuple[str, object]] = []
+
+    class Media:
+        async def handle(self, job: Job) -> list[MediaOutcome]:
+            events.append(("media", gate.held))
+            async with waiting_elsewhere():
+                events.append(("free tokens while waiting", limiter.available_tokens))
+                await trio.sleep(0.01)
+            return [MediaOutcome(index=0)]
+
+    class Text:
+        def extract(self, text: str) -> Extraction:
+            events.append(("text", gate.held))
+            return default_extractor().extract(text)
+
+    job = Job(id=1, message_sid="SM" + "0" * 32, user_id=None, from_number="+15550000000",
+              body="Met Ana Lee in Boston", media=({"url": "https://example.com/m"},),
+              attempts=1, received_at=datetime.now(UTC))
+    result = await Processor(Text(), Media()).process(job)
+    assert events == [("media", True), ("free tokens while waiting", 1), ("text", True)]
+    assert any(item.item_type == "contact" for item in result.items)

@@ -462,9 +462,8 @@ async def test_a_runner_cancelled_mid_claim_gives_its_slots_back_and_runs_again(
     apps: Apps, http: httpx.AsyncClient
 ) -> None:
     """The supervisor cancels and restarts a runner whose claim is stuck (here: another
-    session holds the table). The batch's processing slots go back (no gate token is
-    taken before a job works), so the runner run() again still has all of them, and it
-    processes the message."""
+    session holds the table). The batch's processing slots and gate tokens go back, so
+    the runner run() again still has all of them, and it processes the message."""
     import psycopg
 
     web = await apps.start(role="web")
@@ -489,8 +488,7 @@ async def test_a_runner_cancelled_mid_claim_gives_its_slots_back_and_runs_again(
                     await nursery.start(runner.run)
                     await wait_until(claiming)
                     await trio.sleep(0.2)  # the claim is waiting on the lock
-                    assert runner.limiter.borrowed_tokens == 1
-                    assert runner.gate.borrowed_tokens == 0
+                    assert runner.limiter.borrowed_tokens == runner.gate.borrowed_tokens == 1
                     first_run.cancel()
         await trio.to_thread.run_sync(locker.rollback)
         assert runner.limiter.borrowed_tokens == runner.gate.borrowed_tokens == 0
