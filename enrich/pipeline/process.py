@@ -55,29 +55,28 @@ class Processor:
 
     async def process(self, job: Job) -> Result:
         # Media first. Downloads and Speech calls are the pipeline's slow stages, and their
-        # waits give the job's pacing token back (enrich.pipeline.gate): started first,
-        # they hold the token only for the claim, so a paced-down gate still feeds them.
-        # Extracting the text first kept the token through that CPU work, and while
-        # webhooks arrived the Speech slots ran 3-8 of 10 busy (bench/RESULTS.md).
+        # waits give the job's pacing token back (enrich.pipeline.gate): started before the
+        # text's extraction, they leave the job holding its token only for its claim, so a
+        # paced-down gate still feeds them. With the text first, the Speech slots ran 3-8
+        # of 10 busy while webhooks arrived (bench/RESULTS.md).
         outcomes: Sequence[MediaOutcome] = ()
+        problems: list[str] = []
         if job.media and self.media is not None:
             outcomes = await self.media.handle(job)
+        elif job.media:
+            # Never drop attachments silently: the sender hears that only the text counted.
+            problems.append(NO_MEDIA_HANDLER)
         base_meta = {"messageSid": job.message_sid, "from": mask_phone(job.from_number)}
         rows: list[tuple[ItemRow, dict[str, Any]]] = []
         if job.body.strip():
             for row in to_rows(self.extractor.extract(job.body)):
                 rows.append((row, {"origin": "body"}))
-        problems: list[str] = []
-        if job.media and self.media is not None:
-            for outcome in outcomes:
-                for row in outcome.rows:
-                    rows.append((row, {"origin": "media", "mediaIndex": outcome.index,
-                                       **outcome.metadata}))
-                if outcome.problem and outcome.problem not in problems:
-                    problems.append(outcome.problem)
-        elif job.media:
-            # Never drop attachments silently: the sender hears that only the text counted.
-            problems.append(NO_MEDIA_HANDLER)
+        for outcome in outcomes:
+            for row in outcome.rows:
+                rows.append((row, {"origin": "media", "mediaIndex": outcome.index,
+                                   **outcome.metadata}))
+            if outcome.problem and outcome.problem not in problems:
+                problems.append(outcome.problem)
         items = tuple(
             ItemInsert(
                 item_index=i,
