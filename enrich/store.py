@@ -7,6 +7,7 @@ first use on a connection).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -15,7 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from enrich.core.inbound import InboundMessage
+from enrich.db import prepared
 from enrich.db.pool import ConnectionPool
+from enrich.db.prepared import Statement
 
 
 class LeaseLost(Exception):
@@ -109,39 +112,45 @@ class NewMessage:
 
 
 # One statement for any number of messages: the webhook's batcher (enrich.ingest) sends
-# every INSERT that queued while the previous one ran. Columns travel as arrays.
-_INSERT_MESSAGES = """
+# every INSERT that queued while the previous one ran, as one multi-row VALUES prepared
+# per batch size (at most INSERT_BATCH_MAX statements per connection). It goes through
+# enrich.db.prepared, not psycopg's cursor: this is the one statement every webhook
+# waits for, and the cursor's parameter adaptation cost the CPU-bound webhook loop more
+# than the round trip (see that module). Parameters are text; the casts name the rest.
+_INSERT_COLUMNS = 10  # parameters per row (status is used twice, for completed_at)
+
+
+def _insert_row_sql(first: int) -> str:
+    p = [f"${first + k}" for k in range(_INSERT_COLUMNS)]
+    return (f"({p[0]}, {p[1]}, {p[2]}::uuid, {p[3]}, {p[4]}, {p[5]}, {p[6]}::int, "
+            f"{p[7]}::jsonb, {p[8]}, {p[9]}, CASE WHEN {p[8]} = 'rejected' THEN now() END)")
+
+
+@functools.lru_cache(maxsize=256)
+def insert_statement(rows: int) -> Statement:
+    """The INSERT for ``rows`` messages (named by its size, prepared once each)."""
+    if rows < 1:
+        raise ValueError(f"an INSERT needs at least one row, not {rows}")
+    values = ",\n       ".join(_insert_row_sql(1 + r * _INSERT_COLUMNS) for r in range(rows))
+    return Statement(
+        name=f"enrich_insert_messages_{rows}",
+        # Only "$n" placeholders are formatted in: the values travel as parameters.
+        sql=f"""
 INSERT INTO inbound_messages
     (message_sid, account_sid, user_id, from_number, to_number, body,
      num_media, media, status, last_error, completed_at)
-SELECT sid, account, uid, from_e164, to_number, body, num_media, media, status, last_error,
-       CASE WHEN status = 'rejected' THEN now() END
-FROM unnest(%s::text[], %s::text[], %s::uuid[], %s::text[], %s::text[], %s::text[],
-            %s::int[], %s::jsonb[], %s::text[], %s::text[])
-     AS t(sid, account, uid, from_e164, to_number, body, num_media, media, status, last_error)
+VALUES {values}
 ON CONFLICT (message_sid) DO NOTHING
 RETURNING id, message_sid
-"""
-
-# One row, as scalars: the same statement for the common case (a quiet hour, or a load
-# light enough that no one queued behind the previous INSERT). Ten one-element arrays
-# cost psycopg more to adapt than the row itself: 170-180 µs of the loop's CPU per call
-# against 235-255 µs through unnest, measured one call at a time.
-_INSERT_MESSAGE = """
-INSERT INTO inbound_messages
-    (message_sid, account_sid, user_id, from_number, to_number, body,
-     num_media, media, status, last_error, completed_at)
-VALUES (%s, %s, %s::uuid, %s, %s, %s, %s::int, %s::jsonb, %s, %s,
-        CASE WHEN %s = 'rejected' THEN now() END)
-ON CONFLICT (message_sid) DO NOTHING
-RETURNING id, message_sid
-"""
+""",  # noqa: S608
+    )
 
 
-def _row_values(row: NewMessage) -> tuple[Any, ...]:
+def _row_params(row: NewMessage) -> tuple[str | None, ...]:
     m = row.msg
-    return (m.message_sid, m.account_sid, row.user_id, row.from_e164, m.to_number, m.body,
-            m.num_media, _media_json(m), row.status, row.last_error)
+    return (m.message_sid, m.account_sid, None if row.user_id is None else str(row.user_id),
+            row.from_e164, m.to_number, m.body, str(m.num_media), _media_json(m), row.status,
+            row.last_error)
 
 
 async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> list[int | None]:
@@ -152,21 +161,20 @@ async def insert_messages(pool: ConnectionPool, rows: Sequence[NewMessage]) -> l
     """
     if not rows:
         return []
-    if len(rows) == 1:
-        row = rows[0]
-        query, params = _INSERT_MESSAGE, (*_row_values(row), row.status)  # for completed_at
-    else:
-        columns: tuple[list[Any], ...] = tuple([] for _ in range(10))
-        # In SID order: two batches holding the same SIDs (an original and Twilio's
-        # retry, in two processes) then wait for each other in one order, never
-        # deadlock. Answers are matched by SID, so the order callers see does not change.
-        for row in sorted(rows, key=lambda r: r.msg.message_sid):
-            for column, value in zip(columns, _row_values(row), strict=True):
-                column.append(value)
-        query, params = _INSERT_MESSAGES, columns
+    params: list[str | None] = []
+    # In SID order: two batches holding the same SIDs (an original and Twilio's retry,
+    # in two processes) then wait for each other in one order, never deadlock. Answers
+    # are matched by SID, so the order callers see does not change.
+    ordered = sorted(rows, key=lambda r: r.msg.message_sid) if len(rows) > 1 else rows
+    for row in ordered:
+        params.extend(_row_params(row))
     async with pool.connection() as conn:
-        cur = await conn.execute(query, params, prepare=True)
-        inserted = {str(sid): int(id_) for id_, sid in await cur.fetchall()}
+        result = await prepared.execute(conn, insert_statement(len(rows)), params)
+    inserted: dict[str, int] = {}
+    for i in range(result.ntuples):
+        id_, sid = result.get_value(i, 0), result.get_value(i, 1)
+        assert id_ is not None and sid is not None  # both NOT NULL columns
+        inserted[sid.decode()] = int(id_)
     ids: list[int | None] = []
     for row in rows:
         # pop: a SID repeated within the batch gets its id once, like a redelivery.

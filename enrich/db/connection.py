@@ -141,6 +141,8 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         super().__init__(pgconn, row_factory or psycopg.rows.tuple_row)  # type: ignore[arg-type]
         # asyncio.Lock would need an asyncio loop as soon as two tasks contend.
         self.lock = _ConnectionLock()  # type: ignore[assignment]
+        # Statements enrich.db.prepared has prepared on this connection, by name.
+        self.prepared_here: set[str] = set()
 
     @classmethod
     async def connect_trio(
