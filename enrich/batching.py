@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -83,13 +84,25 @@ class Batcher(Generic[In, Out]):
     def queued(self) -> int:
         return len(self._queue)
 
-    async def call(self, item: In) -> Out:
-        """``submit`` with the caller's whole wait, queue included, bounded by ``timeout``
-        (``trio.TooSlowError``). ``submit`` alone bounds only the batch the caller is
-        in and leaves its wait in the queue to the caller's own deadline."""
+    async def call(self, item: In, timeout: float | None = None) -> Out:
+        """``submit`` with the caller's whole wait, queue included, bounded by
+        ``timeout`` (the batcher's own by default; ``trio.TooSlowError``). ``submit``
+        alone bounds only the batch the caller is in and leaves its wait in the queue
+        to the caller's own deadline."""
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
+        if self._busy < self.lanes:
+            # A lane is free: the caller leads at once and its whole wait is its batch,
+            # so the batch's own scope (shielded, under the earlier of the two
+            # deadlines) is the only one needed. Every webhook comes here twice; a
+            # trio cancel scope costs several microseconds.
+            slot: _Slot[In, Out] = _Slot(item)
+            self._busy += 1
+            await self._lead(slot, trio.current_time() + limit)
+            assert slot.result is not None
+            return slot.result.unwrap()
         # A bare CancelScope, not trio.fail_after: the same deadline without the
-        # generator-based context manager, on a path every webhook takes.
-        with trio.CancelScope(relative_deadline=self.timeout) as scope:
+        # generator-based context manager.
+        with trio.CancelScope(relative_deadline=limit) as scope:
             return await self.submit(item)
         assert scope.cancelled_caught
         raise trio.TooSlowError
@@ -128,13 +141,13 @@ class Batcher(Generic[In, Out]):
         with contextlib.suppress(ValueError):
             self._queue.remove(slot)
 
-    async def _lead(self, first: _Slot[In, Out]) -> None:
+    async def _lead(self, first: _Slot[In, Out], deadline: float = math.inf) -> None:
         """Run ``first`` and whatever queued behind it, then hand the lane on."""
         more = min(self.max_batch - 1, len(self._queue))
         batch = [first, *(self._queue.popleft() for _ in range(more))]
         results: Sequence[outcome.Outcome[Out]] | None = None
         try:
-            results = await self._run_shielded([s.item for s in batch])
+            results = await self._run_shielded([s.item for s in batch], deadline)
         finally:
             if results is None:  # KeyboardInterrupt or the like: nobody may wait forever
                 results = [outcome.Error(RuntimeError("batch aborted")) for _ in batch]
@@ -143,7 +156,9 @@ class Batcher(Generic[In, Out]):
                 slot.wake.set()
             self._hand_on()
 
-    async def _run_shielded(self, items: list[In]) -> Sequence[outcome.Outcome[Out]]:
+    async def _run_shielded(
+        self, items: list[In], deadline: float = math.inf
+    ) -> Sequence[outcome.Outcome[Out]]:
         self.batches += 1
         self.items += len(items)
         self.largest = max(self.largest, len(items))
@@ -153,7 +168,8 @@ class Batcher(Generic[In, Out]):
         # so a caller that queued first and then leads still answers in time. The
         # leader is the oldest caller in its batch; the others keep their own deadlines
         # while they wait.
-        deadline = min(trio.current_time() + self.timeout, trio.current_effective_deadline())
+        deadline = min(deadline, trio.current_time() + self.timeout,
+                       trio.current_effective_deadline())
         # One scope is both the shield and the deadline (a shield blocks only outer
         # cancellation, never the scope's own deadline).
         with trio.CancelScope(shield=True, deadline=deadline) as scope:

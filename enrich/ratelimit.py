@@ -167,10 +167,7 @@ class RateLimiter:
     async def _ask_redis(self, sender: str, message_sid: str) -> Any:
         # The client's deadline bounds this caller's whole wait, queue included: when
         # Redis hangs, every check falls back in time, not only the batch in flight.
-        # (A bare CancelScope rather than trio.fail_after: every webhook comes here.)
-        with trio.CancelScope(relative_deadline=self.redis.timeout):
-            return await self.batcher.submit((sender, message_sid))
-        raise trio.TooSlowError
+        return await self.batcher.call((sender, message_sid), timeout=self.redis.timeout)
 
     async def _run_checks(self, checks: Sequence[tuple[str, str]]) -> list[outcome.Outcome[Any]]:
         window_ms = int(WINDOW_S * 1000)

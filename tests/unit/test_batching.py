@@ -159,6 +159,31 @@ async def test_a_hung_batch_times_out_for_everyone(
     assert batcher.queued == 0
 
 
+async def test_a_call_timeout_bounds_every_callers_wait_but_never_stretches_the_batchers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``call(item, timeout=...)``: the leader (whose only scope is its batch's) and the
+    queued callers give up at the caller's timeout; a longer one does not lift the
+    batcher's own."""
+    batcher: Batcher[int, int] = Batcher(_hang, lanes=1, timeout=3)
+    failures: list[float] = []
+
+    async def call(i: int, timeout: float) -> None:
+        start = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            await batcher.call(i, timeout=timeout)
+        failures.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(call, i, 1.0)
+    assert failures == [1.0, 1.0, 1.0]
+    assert batcher.queued == 0
+    failures.clear()
+    await call(9, 10.0)
+    assert failures == [3.0]
+
+
 async def test_a_caller_that_queued_then_leads_keeps_its_own_deadline(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -186,7 +211,9 @@ async def test_a_caller_that_queued_then_leads_keeps_its_own_deadline(
     assert ended[2] == (pytest.approx(4.0), "too slow")
 
 
-async def test_leader_cancelled_mid_batch_still_answers_the_others() -> None:
+@pytest.mark.parametrize("method", ["submit", "call"])
+async def test_leader_cancelled_mid_batch_still_answers_the_others(method: str) -> None:
+    """``call``'s leader runs under its batch's scope alone: the shield still holds."""
     run = Recorder(delay=0)
     run.gate = trio.Event()
     batcher: Batcher[int, int] = Batcher(run, lanes=1)
@@ -202,7 +229,7 @@ async def test_leader_cancelled_mid_batch_still_answers_the_others() -> None:
         with leader_scope:
             # Its batch ran to the end (an INSERT would have committed), so it gets
             # the answer; the cancellation lands at its next checkpoint.
-            answers[0] = await batcher.submit(0)
+            answers[0] = await getattr(batcher, method)(0)
             await trio.lowlevel.checkpoint()
             raise AssertionError("not reached")
         leader_cancelled.set()
