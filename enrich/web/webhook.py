@@ -9,10 +9,10 @@ apart.
 from __future__ import annotations
 
 import time
-from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, current_app, request
 
+from enrich.core.form import parse_form
 from enrich.core.signature import SIGNATURE_HEADER, public_url
 from enrich.core.twiml import TWIML_CONTENT_TYPE
 from enrich.ingest import Answer, Outcome
@@ -21,6 +21,8 @@ from enrich.state import get_state
 WEBHOOK_PATH = "/api/sms/webhook"
 OUTCOME_HEADER = "X-Enrich-Outcome"
 FORM_TYPE = "application/x-www-form-urlencoded"
+# A Twilio form has some twenty fields, plus two per media item (at most ten).
+MAX_FORM_FIELDS = 200
 
 bp = Blueprint("webhook", __name__)
 
@@ -50,8 +52,7 @@ async def webhook() -> Response:
     raw = await request.get_data(cache=False)
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        params = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
-                           errors="strict", max_num_fields=200)
+        params = parse_form(text, max_fields=MAX_FORM_FIELDS)
     except (UnicodeDecodeError, ValueError):
         return _reject(Outcome.BAD_REQUEST, 400, "body is not a valid UTF-8 form")
     url = public_url(
