@@ -95,25 +95,25 @@ class Batcher(Generic[In, Out]):
             # so the batch's own scope (shielded, under the earlier of the two
             # deadlines) is the only one needed. Every webhook comes here twice; a
             # trio cancel scope costs several microseconds.
-            slot: _Slot[In, Out] = _Slot(item)
-            self._busy += 1
-            await self._lead(slot, trio.current_time() + limit)
-            assert slot.result is not None
-            return slot.result.unwrap()
+            return await self._submit(item, trio.current_time() + limit)
         # A bare CancelScope, not trio.fail_after: the same deadline without the
         # generator-based context manager.
         with trio.CancelScope(relative_deadline=limit) as scope:
-            return await self.submit(item)
+            return await self._submit(item, math.inf)
         assert scope.cancelled_caught
         raise trio.TooSlowError
 
     async def submit(self, item: In) -> Out:
+        return await self._submit(item, math.inf)
+
+    async def _submit(self, item: In, deadline: float) -> Out:
+        """``deadline`` bounds the batch when the caller leads at once (``call``)."""
         slot: _Slot[In, Out] = _Slot(item)
         if self._busy < self.lanes:
             # A lane is free, so nobody is queued (a finishing batch always hands its
             # lane to the head of the queue): lead now, without yielding first.
             self._busy += 1
-            await self._lead(slot)
+            await self._lead(slot, deadline)
         else:
             self._queue.append(slot)
             while slot.result is None:
